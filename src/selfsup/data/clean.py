@@ -9,7 +9,7 @@ Every rule here is a response to something measured in the sources (see ``data/R
 * The airline tweets carry the upstream artifact of a blind find-and-replace: every ``late`` became
   ``Late Flight`` and every ``cancel`` became ``Cancelled Flight``, also inside words (``unreLate Flightd``,
   ``Cancelled Flightlation``). Reversing the replacement restores the words.
-* HTML entities (``&amp;``) and line breaks inside one message.
+* HTML entities (``&amp;``, some escaped twice: ``&amp;amp;``) and line breaks inside one message.
 """
 
 from __future__ import annotations
@@ -48,9 +48,13 @@ def fix_mojibake(text: str) -> str:
     Only for text that was decoded as Latin-1 from a file whose non-ASCII bytes are known to be mojibake
     (the CrowdFlower tweets); real Unicode text must not go through this.
     """
-    for broken, fixed in MOJIBAKE_PUNCTUATION:
-        text = text.replace(broken, fixed)
-    return _MOJIBAKE_RESIDUE.sub(" ", text)
+    # ASCII placeholders first, so the residue pass cannot eat a restored non-ASCII character such as "é"
+    for i, (broken, _) in enumerate(MOJIBAKE_PUNCTUATION):
+        text = text.replace(broken, f"\x00{i}\x00")
+    text = _MOJIBAKE_RESIDUE.sub(" ", text)
+    for i, (_, fixed) in enumerate(MOJIBAKE_PUNCTUATION):
+        text = text.replace(f"\x00{i}\x00", fixed)
+    return text
 
 
 def undo_flight_replacement(text: str) -> str:
@@ -71,7 +75,11 @@ def normalize_whitespace(text: str) -> str:
 def clean_tweet(raw: str) -> str:
     """The full cleaning chain for one CrowdFlower tweet decoded as Latin-1."""
     text = fix_mojibake(raw)
-    text = html.unescape(text)
+    for _ in range(3):  # some rows were escaped twice upstream (``R&amp;amp;D``)
+        unescaped = html.unescape(text)
+        if unescaped == text:
+            break
+        text = unescaped
     text = undo_flight_replacement(text)
     return normalize_whitespace(text)
 

@@ -1,0 +1,44 @@
+"""DVC adapter: the few questions the package asks DVC about ``data.dvc``. Imported lazily by the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _repo(root: Path):
+    from dvc.repo import Repo
+
+    return Repo(str(root))
+
+
+def tracked_is_clean(root: Path, target: str = "data.dvc") -> bool:
+    """True when the workspace copy of ``target``'s output hashes to exactly what ``target`` records.
+
+    Compares hashes rather than reading ``dvc status``, which also reports "not in cache" for a matching
+    workspace in a fresh clone whose cache is still empty."""
+    with _repo(root) as repo:
+        (stage,) = repo.stage.collect(target)
+        return all(out.exists and out.get_hash() == out.hash_info for out in stage.outs)
+
+
+def status(root: Path, target: str = "data.dvc") -> dict:
+    with _repo(root) as repo:
+        return repo.status(targets=[target])
+
+
+def pull(root: Path, target: str = "data.dvc") -> tuple[bool, str]:
+    """Try ``dvc pull target``; return ``(ok, message)`` instead of raising, so callers can fall back."""
+    from dvc.exceptions import DvcException
+
+    try:
+        with _repo(root) as repo:
+            repo.pull(targets=[target])
+        return True, "pulled from the DVC remote"
+    except DvcException as err:
+        return False, f"dvc pull failed: {err}"
+
+
+def commit_to_cache(root: Path, target: str = "data.dvc") -> None:
+    """Store the (already matching) workspace data in the DVC cache so ``dvc push`` has it."""
+    with _repo(root) as repo:
+        repo.commit(target, force=True)
