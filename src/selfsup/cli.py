@@ -5,6 +5,12 @@
     selfsup data build [--out DIR]                 build data/ from the sources (deterministic)
     selfsup data materialize                       make data/ match data.dvc: dvc pull, else build and verify
     selfsup validate [key=value ...]               the validate stage (Great Expectations suites)
+    selfsup tokenizer                              train the WordPiece tokenizer on the unlabeled corpus
+    selfsup pretrain                               masked-language-model pretraining of the encoder
+    selfsup finetune TASK                          fine-tune TASK from the encoder and from scratch
+    selfsup evaluate TASK                          test-set metrics and plots for both
+    selfsup export TASK                            ONNX export + parity check + MLflow registration
+    selfsup predict --model DIR [TEXT ...]         classify text with an exported model (onnxruntime only)
 
 Every command reads ``--params`` (default ``params.yaml``) and accepts ``key.path=value`` overrides.
 Exit codes: 0 ok, 1 the stage ran and failed its checks, 2 bad usage or configuration.
@@ -105,6 +111,218 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- training stages
+
+
+def _write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _task_spec(cfg, task: str):
+    if task not in cfg.data.tasks:
+        raise ConfigError(f"unknown task {task!r}; declared under data.tasks: {sorted(cfg.data.tasks)}")
+    if task not in cfg.finetune.tasks:
+        raise ConfigError(f"finetune.tasks.{task}: no fine-tuning settings for task {task!r}")
+    return cfg.data.tasks[task], cfg.finetune.tasks[task]
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    import shutil
+
+    from selfsup.data.text import read_corpus
+    from selfsup.modeling.tokenizer import load_tokenizer, save_hf_tokenizer, train_wordpiece
+    from selfsup.tracking import open_run
+
+    cfg = load_config(args.params, args.overrides)
+    start = time.perf_counter()
+    docs = read_corpus(cfg.data.corpus)
+    tokenizer = train_wordpiece((text for _, text in docs), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
+                                cfg.tokenizer.lowercase, length=len(docs))
+    out = Path(cfg.tokenizer.out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_hf_tokenizer(tokenizer, tmp, cfg.pretrain.model.max_position)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    # how well the vocabulary fits the texts the tasks care about
+    sample = [text for source, text in docs if source == "tweets"][:2000] or [t for _, t in docs[:200]]
+    fast = load_tokenizer(out)
+    pieces = sum(len(fast.tokenize(t)) for t in sample)
+    words = sum(len(t.split()) for t in sample)
+    unk = sum(fast.tokenize(t).count("[UNK]") for t in sample)
+    metrics = {"vocab_size": len(fast), "pieces_per_word_tweets": pieces / max(words, 1),
+               "unk_rate_tweets": unk / max(pieces, 1), "seconds": time.perf_counter() - start}
+    _write_json(Path("artifacts/tokenizer/metrics.json"), metrics)
+    with open_run(cfg, "tokenizer", Path(args.params), cfg.tokenizer) as tracker:
+        tracker.log_metrics(metrics)
+    print(f"tokenizer: {len(fast):,} pieces, {metrics['pieces_per_word_tweets']:.2f} pieces/word on tweets, "
+          f"saved to {out}/ in {metrics['seconds']:.1f} s")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import csv
+
+    from selfsup.recipes.pretrain_mlm import pretrain_mlm
+    from selfsup.tracking import open_run
+
+    cfg = load_config(args.params, args.overrides)
+    pc = cfg.pretrain
+    metrics_dir = Path(pc.metrics_dir)
+    with open_run(cfg, "pretrain_mlm", Path(args.params), pc) as tracker:
+        result = pretrain_mlm(pc, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), Path(args.checkpoint_dir),
+                              tracker)
+        metrics = {k: v for k, v in result.__dict__.items() if k not in ("history", "evals")}
+        _write_json(metrics_dir / "metrics.json", metrics)
+        with (metrics_dir / "loss.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["step", "train_loss"])
+            writer.writerows((h["step"], f"{h['loss']:.5f}") for h in result.history)
+        with (metrics_dir / "val.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["step", "val_loss", "val_perplexity"])
+            writer.writerows((e["step"], f"{e['val_loss']:.5f}", f"{e['val_perplexity']:.3f}") for e in result.evals)
+        _plot_pretrain(result, metrics_dir / "loss.png")
+        tracker.log_metrics({"final_val_loss": result.val_loss, "final_val_perplexity": result.val_perplexity,
+                             "mean_tokens_per_s": result.tokens_per_second})
+        tracker.log_artifact(metrics_dir)
+    print(f"pretrained {result.steps} steps in {result.wall_seconds:.0f} s ({result.tokens_per_second:,.0f} tokens/s): "
+          f"val MLM loss {result.val_loss:.3f}, perplexity {result.val_perplexity:.1f}")
+    return 0
+
+
+def _plot_pretrain(result, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    losses = np.array([h["loss"] for h in result.history])
+    window = max(1, len(losses) // 50)
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    ax.plot([h["step"] for h in result.history][window - 1 :], np.convolve(losses, np.ones(window) / window, "valid"),
+            label="train (moving average)")
+    ax.plot([e["step"] for e in result.evals], [e["val_loss"] for e in result.evals], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MLM loss")
+    ax.set_title("masked-language-model pretraining")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from selfsup.recipes.finetune import INITS, finetune
+    from selfsup.tracking import open_run
+
+    cfg = load_config(args.params, args.overrides)
+    spec, task_cfg = _task_spec(cfg, args.task)
+    summary = {}
+    with open_run(cfg, "finetune", Path(args.params), task_cfg, task=args.task) as tracker:
+        for init in INITS:
+            result = finetune(args.task, init, task_cfg, cfg.finetune.loop, cfg.pretrain.model, Path(spec.dir),
+                              spec.labels, Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir),
+                              Path(task_cfg.out_dir) / args.task / init, tracker)
+            summary[init] = {"val_accuracy": result.val_accuracy, "val_macro_f1": result.val_macro_f1,
+                             "best_epoch": result.best_epoch, "train_examples": result.train_examples,
+                             "seconds": result.wall_seconds}
+            tracker.log_metrics({f"{init}.best_val_macro_f1": result.val_macro_f1,
+                                 f"{init}.best_val_accuracy": result.val_accuracy})
+    _write_json(Path("artifacts/finetune") / args.task / "metrics.json", summary)
+    print(f"{args.task}: validation macro-F1 pretrained {summary['pretrained']['val_macro_f1']:.3f} "
+          f"vs from scratch {summary['scratch']['val_macro_f1']:.3f}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from selfsup.evaluate import evaluate_task
+    from selfsup.runtime import setup
+    from selfsup.tracking import open_run
+
+    cfg = load_config(args.params, args.overrides)
+    spec, task_cfg = _task_spec(cfg, args.task)
+    out_dir = Path("artifacts/evaluate") / args.task
+    device = setup(cfg.finetune.loop)
+    metrics = evaluate_task(args.task, spec.labels, Path(spec.dir) / "test.csv", Path(task_cfg.out_dir) / args.task,
+                            task_cfg.max_length, out_dir, device)
+    with open_run(cfg, "evaluate", Path(args.params), task=args.task) as tracker:
+        for init in ("pretrained", "scratch"):
+            tracker.log_metrics({f"test_{init}_{k}": v for k, v in metrics[init].items()})
+        tracker.log_metrics({f"pretraining_gain_{k}": v for k, v in metrics["pretraining_gain"].items()})
+        tracker.log_artifact(out_dir)
+    print(f"{args.task} test: pretrained accuracy {metrics['pretrained']['accuracy']:.3f} / macro-F1 "
+          f"{metrics['pretrained']['macro_f1']:.3f}; from scratch {metrics['scratch']['accuracy']:.3f} / "
+          f"{metrics['scratch']['macro_f1']:.3f}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from selfsup.data.text import read_labelled
+    from selfsup.export import ExportParityError, export_classifier
+    from selfsup.tracking import git_commit, open_run
+
+    cfg = load_config(args.params, args.overrides)
+    spec, task_cfg = _task_spec(cfg, args.task)
+    texts, _ = read_labelled(Path(spec.dir) / "test.csv")
+    out_dir = Path(cfg.export.out_dir) / args.task
+    try:
+        result = export_classifier(Path(task_cfg.out_dir) / args.task / "pretrained", spec.labels, texts,
+                                   task_cfg.max_length, out_dir, cfg.export.opset, cfg.export.min_label_agreement,
+                                   cfg.export.max_abs_logit_diff)
+    except ExportParityError as err:
+        _print_err(str(err))
+        return 1
+    metrics_dir = Path("artifacts/export") / args.task
+    _write_json(metrics_dir / "metrics.json", asdict(result))
+    registration = {"registered": False}
+    if cfg.tracking.enabled:
+        from selfsup.adapters.mlflow import register_onnx
+
+        evaluation = json.loads((Path("artifacts/evaluate") / args.task / "metrics.json").read_text())
+        name = f"{cfg.export.registered_model_prefix}-{args.task}"
+        with open_run(cfg, "export", Path(args.params), cfg.export, task=args.task) as tracker:
+            tracker.log_metrics({"onnx_max_abs_logit_diff": result.max_abs_logit_diff,
+                                 "onnx_label_agreement": result.label_agreement})
+            eval_metrics = {
+                **{f"test_{k}": v for k, v in evaluation["pretrained"].items()},
+                **{f"scratch_test_{k}": v for k, v in evaluation["scratch"].items()},
+                "onnx_label_agreement": result.label_agreement, "onnx_max_abs_logit_diff": result.max_abs_logit_diff,
+            }
+            tracker.log_metrics(eval_metrics)
+            version = register_onnx(cfg.tracking, tracker.run_id, out_dir / "model.onnx", name, eval_metrics,
+                                    {"task": args.task, "git_commit": git_commit()},
+                                    [out_dir / "tokenizer.json", out_dir / "labels.json", out_dir / "export.json"])
+        registration = {"registered": True, "name": name, "version": version, "run_id": tracker.run_id}
+    _write_json(metrics_dir / "registered.json", registration)
+    print(f"{args.task}: exported {out_dir}/model.onnx ({result.onnx_bytes / 1e6:.1f} MB), "
+          f"label agreement {result.label_agreement:.4%}, max |Δlogit| {result.max_abs_logit_diff:.1e}"
+          + (f"; registered {registration['name']} v{registration['version']}" if registration["registered"] else ""))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from selfsup.serve.predict import OnnxClassifier
+
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        _print_err("no text given: pass texts as arguments or one per line on stdin")
+        return 2
+    classifier = OnnxClassifier(Path(args.model))
+    for prediction in classifier.predict(texts):
+        if args.json:
+            print(json.dumps(prediction.__dict__))
+        else:
+            print(f"{prediction.label}\t{prediction.confidence:.3f}\t{prediction.text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
@@ -134,6 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-pull", action="store_true", help="do not try the DVC remote first")
 
     add("validate", cmd_validate, "validate the corpus and every labelled set (Great Expectations)")
+    add("tokenizer", cmd_tokenizer, "train the WordPiece tokenizer on the unlabeled corpus")
+    p = add("pretrain", cmd_pretrain, "masked-language-model pretraining of the encoder")
+    p.add_argument("--checkpoint-dir", default="checkpoints/pretrain_mlm",
+                   help="resumable checkpoints of an unfinished run (default: checkpoints/pretrain_mlm)")
+    for name, func, help_text in (
+        ("finetune", cmd_finetune, "fine-tune TASK from the pretrained encoder and from scratch"),
+        ("evaluate", cmd_evaluate, "test-set metrics, confusion matrices and loss curves for TASK"),
+        ("export", cmd_export, "ONNX export of TASK's classifier, parity check, MLflow registration"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("task", help="a task declared under data.tasks (intent, sentiment, topic)")
+        p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a params.yaml value")
+        p.set_defaults(func=func)
+    p = sub.add_parser("predict", help="classify text with an exported ONNX model (no torch needed)")
+    p.add_argument("--model", required=True, help="an exported model folder, e.g. models/onnx/intent")
+    p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's score")
+    p.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

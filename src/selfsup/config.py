@@ -109,15 +109,171 @@ class ValidateConfig:
 
 
 @dataclass
+class TokenizerConfig:
+    """The ``tokenizer`` stage: a WordPiece tokenizer trained from scratch on the unlabeled corpus."""
+
+    vocab_size: int = option(16000, help="vocabulary size, special tokens included")
+    min_frequency: int = option(2, help="a word piece must occur this often to enter the vocabulary")
+    lowercase: bool = option(True, help="lower-case and strip accents before splitting (BERT 'uncased')")
+    out_dir: Path = option(Path("models/tokenizer"), help="where tokenizer.json and the HF tokenizer files go")
+
+    def check(self, path: str) -> None:
+        _check(self.vocab_size >= 100, f"{path}.vocab_size", f"must be >= 100, got {self.vocab_size}")
+        _check(self.min_frequency >= 1, f"{path}.min_frequency", "must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    """A BERT-style encoder built from this config (never from a hub checkpoint)."""
+
+    hidden_size: int = option(256, help="width of every layer")
+    num_layers: int = option(4, help="transformer layers")
+    num_heads: int = option(4, help="attention heads (must divide hidden_size)")
+    intermediate_size: int = option(1024, help="feed-forward width")
+    max_position: int = option(128, help="longest sequence the position embeddings cover")
+    dropout: float = option(0.1, help="dropout on hidden states and attention probabilities")
+
+    def check(self, path: str) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
+            _check(getattr(self, name) >= 1, f"{path}.{name}", "must be >= 1")
+        _check(self.hidden_size % self.num_heads == 0, f"{path}.num_heads",
+               f"must divide hidden_size ({self.hidden_size}), got {self.num_heads}")
+        _check(0.0 <= self.dropout < 1.0, f"{path}.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class TrainLoopConfig:
+    """What every training recipe shares: device, precision, seed, progress."""
+
+    device: str = option("auto", help="auto (cuda if available, else cpu), cpu, or cuda[:N]")
+    precision: str = option("fp32", help="fp32, or bf16 (autocast; GPU)")
+    threads: int = option(0, help="CPU threads for torch (0 = all cores)")
+    seed: int = option(1234, help="random seed for initialisation, masking and sampling")
+    progress: bool = option(True, help="show a progress bar")
+
+    def check(self, path: str) -> None:
+        _check(self.precision in ("fp32", "bf16"), f"{path}.precision", f"must be fp32 or bf16, got {self.precision!r}")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), f"{path}.device",
+               f"must be auto, cpu or cuda[:N], got {self.device!r}")
+        _check(self.threads >= 0, f"{path}.threads", "must be >= 0")
+
+
+@dataclass
+class PretrainConfig:
+    """The ``pretrain_mlm`` stage: masked-language-model pretraining on packed sequences of the corpus."""
+
+    model: ModelConfig = option(default_factory=ModelConfig, help="the encoder architecture")
+    loop: TrainLoopConfig = option(default_factory=TrainLoopConfig, help="device, precision, seed")
+    seq_len: int = option(128, help="tokens per packed training sequence ([CLS] and [SEP] included)")
+    batch_size: int = option(32, help="sequences per optimizer step")
+    max_steps: int = option(1000, help="optimizer steps")
+    learning_rate: float = option(1e-3, help="peak learning rate (AdamW), after linear warm-up")
+    warmup_steps: int = option(100, help="linear warm-up steps; then linear decay to 0 at max_steps")
+    weight_decay: float = option(0.01, help="AdamW weight decay (not on biases and LayerNorm)")
+    mlm_probability: float = option(0.15, help="share of tokens selected for masking (80/10/10 mask/random/keep)")
+    source_weights: dict[str, float] = option(
+        default_factory=dict,
+        help="sampling weight per corpus source (e.g. tweets: 3.0); sources not named weigh 1.0",
+    )
+    validation_fraction: float = option(0.01, help="share of packed sequences held out for validation loss")
+    eval_every: int = option(200, help="validate every N steps (and at the end)")
+    eval_batches: int = option(10, help="validation batches per evaluation")
+    checkpoint_every: int = option(200, help="save a resumable checkpoint every N steps")
+    out_dir: Path = option(Path("models/mlm"), help="the pretrained encoder (HF format) and its checkpoint")
+    metrics_dir: Path = option(Path("artifacts/pretrain"), help="metrics.json and the loss curve for DVC")
+
+    def check(self, path: str) -> None:
+        _check(self.seq_len >= 8, f"{path}.seq_len", "must be >= 8")
+        _check(self.seq_len <= self.model.max_position, f"{path}.seq_len",
+               f"must be <= model.max_position ({self.model.max_position})")
+        for name in ("batch_size", "max_steps", "eval_every", "eval_batches", "checkpoint_every"):
+            _check(getattr(self, name) >= 1, f"{path}.{name}", "must be >= 1")
+        _check(self.learning_rate > 0, f"{path}.learning_rate", "must be > 0")
+        _check(0 <= self.warmup_steps < self.max_steps, f"{path}.warmup_steps", "must be in [0, max_steps)")
+        _check(0.0 < self.mlm_probability < 1.0, f"{path}.mlm_probability", "must be in (0, 1)")
+        _check(0.0 < self.validation_fraction < 0.5, f"{path}.validation_fraction", "must be in (0, 0.5)")
+        for source, weight in self.source_weights.items():
+            _check(weight >= 0, f"{path}.source_weights.{source}", "must be >= 0")
+
+
+@dataclass
+class FinetuneTaskConfig:
+    """Fine-tuning one labelled task; the same settings train the from-scratch baseline."""
+
+    epochs: int = option(3, help="passes over the (possibly capped) training set")
+    batch_size: int = option(32, help="examples per optimizer step")
+    learning_rate: float = option(1e-4, help="peak learning rate (AdamW) for the pretrained model")
+    scratch_learning_rate: float = option(5e-4, help="peak learning rate for the from-scratch baseline")
+    warmup_ratio: float = option(0.1, help="share of steps used for linear warm-up")
+    weight_decay: float = option(0.01, help="AdamW weight decay")
+    max_length: int = option(64, help="tokens per example (longer texts are truncated)")
+    max_train_examples: int = option(0, help="cap on training examples, stratified (0 = all)")
+    out_dir: Path = option(Path("models/finetune"), help="where the two classifiers go (<out_dir>/<task>/...)")
+
+    def check(self, path: str) -> None:
+        for name in ("epochs", "batch_size", "max_length"):
+            _check(getattr(self, name) >= 1, f"{path}.{name}", "must be >= 1")
+        _check(self.learning_rate > 0 and self.scratch_learning_rate > 0, f"{path}.learning_rate", "must be > 0")
+        _check(0 <= self.warmup_ratio < 1, f"{path}.warmup_ratio", "must be in [0, 1)")
+        _check(self.max_train_examples >= 0, f"{path}.max_train_examples", "must be >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    """The ``finetune@<task>`` stages."""
+
+    loop: TrainLoopConfig = option(default_factory=TrainLoopConfig, help="device, precision, seed")
+    tasks: dict[str, FinetuneTaskConfig] = option(default_factory=dict, help="settings per labelled task")
+
+
+@dataclass
+class ExportConfig:
+    """The ``export@<task>`` stages: ONNX export, parity check against PyTorch, registration."""
+
+    out_dir: Path = option(Path("models/onnx"), help="ONNX model, tokenizer and label map per task")
+    opset: int = option(18, help="ONNX opset")
+    min_label_agreement: float = option(0.999, help="fail if onnxruntime and PyTorch agree on fewer test labels")
+    max_abs_logit_diff: float = option(1e-3, help="fail if any logit differs by more than this")
+    registered_model_prefix: str = option("selfsup", help="models register as <prefix>-<task>")
+
+    def check(self, path: str) -> None:
+        _check(0.0 < self.min_label_agreement <= 1.0, f"{path}.min_label_agreement", "must be in (0, 1]")
+        _check(self.max_abs_logit_diff > 0, f"{path}.max_abs_logit_diff", "must be > 0")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking. ``MLFLOW_TRACKING_URI`` in the environment wins over ``tracking_uri``."""
+
+    enabled: bool = option(True, help="log runs and register models in MLflow")
+    tracking_uri: str = option("sqlite:///mlflow/mlflow.db", help="MLflow tracking store")
+    artifact_location: str = option("mlflow/artifacts", help="artifact folder for new experiments (file store)")
+    experiment: str = option("selfsup", help="MLflow experiment name")
+
+
+@dataclass
 class Config:
     """The whole configuration, one section per stage."""
 
+    preset: str = option("", help="name of a preset under `presets` applied over this file (e.g. base, tiny)")
+    presets: dict[str, dict] = option(default_factory=dict, help="named sets of key.path: value overrides")
     data: DataConfig = option(default_factory=DataConfig, help="where the data lives")
     validate: ValidateConfig = option(default_factory=ValidateConfig, help="the validate stage")
+    tokenizer: TokenizerConfig = option(default_factory=TokenizerConfig, help="the tokenizer stage")
+    pretrain: PretrainConfig = option(default_factory=PretrainConfig, help="the pretrain_mlm stage")
+    finetune: FinetuneConfig = option(default_factory=FinetuneConfig, help="the finetune@<task> stages")
+    export: ExportConfig = option(default_factory=ExportConfig, help="the export@<task> stages")
+    tracking: TrackingConfig = option(default_factory=TrackingConfig, help="MLflow tracking and registry")
 
     def check(self, path: str = "") -> None:
+        declared = sorted(self.data.tasks)
         unknown = sorted(set(self.validate.tables) - set(self.data.tasks))
-        _check(not unknown, "validate.tables", f"rules for undeclared tasks {unknown}; declared: {sorted(self.data.tasks)}")
+        _check(not unknown, "validate.tables", f"rules for undeclared tasks {unknown}; declared: {declared}")
+        unknown = sorted(set(self.finetune.tasks) - set(self.data.tasks))
+        _check(not unknown, "finetune.tasks", f"settings for undeclared tasks {unknown}; declared: {declared}")
+        for task, spec in self.finetune.tasks.items():
+            _check(spec.max_length <= self.pretrain.model.max_position, f"finetune.tasks.{task}.max_length",
+                   f"must be <= pretrain.model.max_position ({self.pretrain.model.max_position})")
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -138,6 +294,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         _check(isinstance(value, list), path, f"expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        _check(isinstance(value, dict), path, f"expected a mapping, got {value!r}")
+        return value
     if origin is dict:
         _check(isinstance(value, dict), path, f"expected a mapping, got {value!r}")
         _, item = typing.get_args(tp)
@@ -182,22 +341,48 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     return obj
 
 
-def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one ``a.b.c=value`` override to the raw mapping; the value is parsed as YAML (``3``, ``[a, b]``)."""
-    key, sep, text = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {assignment!r}: expected key.path=value")
+def set_path(raw: dict, key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key == "a.b.c"``, creating sections as needed."""
     *parents, leaf = key.split(".")
     node = raw
     for i, part in enumerate(parents):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {assignment!r}: {'.'.join(parents[: i + 1])} is not a section")
-    node[leaf] = yaml.safe_load(text) if text != "" else ""
+            raise ConfigError(f"{key}: {'.'.join(parents[: i + 1])} is not a section")
+    node[leaf] = value
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override to the raw mapping; the value is parsed as YAML (``3``, ``[a, b]``)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML") from None
+    set_path(raw, key, value)
 
 
 def config_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build the config: the file's values, then the selected preset's overrides, then ``overrides``.
+
+    The preset can itself be chosen by an override (``preset=base``)."""
     raw = yaml.safe_load(yaml.safe_dump(raw or {}))  # deep copy through YAML types only
+    for assignment in overrides:
+        if assignment.partition("=")[0] == "preset":
+            apply_override(raw, assignment)
+    preset = raw.get("preset") or ""
+    if preset:
+        presets = raw.get("presets") or {}
+        if preset not in presets:
+            raise ConfigError(f"preset: unknown preset {preset!r}; defined under presets: {sorted(presets)}")
+        _check(isinstance(presets[preset], dict), f"presets.{preset}", "expected a mapping of key.path: value")
+        for key, value in presets[preset].items():
+            try:
+                set_path(raw, key, value)
+            except ConfigError as err:
+                raise ConfigError(f"presets.{preset}: {err}") from None
     for assignment in overrides:
         apply_override(raw, assignment)
     return _build(Config, raw, "")

@@ -1,0 +1,199 @@
+"""Sequence-classification fine-tuning, read top to bottom — from the pretrained encoder or from scratch.
+
+    train.csv --tokenizer (truncate to max_length)--> length-grouped batches (dynamic padding)
+      --> BertForSequenceClassification [B, n_labels] --cross-entropy--> AdamW, warm-up then linear decay
+    after every epoch: accuracy / macro-F1 on validation.csv; the best epoch (macro-F1) is kept and saved.
+
+The same function trains the baseline: ``init="scratch"`` builds the same architecture from the config with random
+weights, so the two results differ only by what pretraining learned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig
+from selfsup.data.text import read_labelled
+from selfsup.modeling.encoder import classifier_from_pretrained, classifier_from_scratch
+from selfsup.modeling.tokenizer import load_tokenizer
+from selfsup.runtime import autocast, setup
+from selfsup.tracking import NullTracker, Tracker
+
+INITS = ("pretrained", "scratch")
+
+
+@dataclass
+class FinetuneResult:
+    init: str
+    best_epoch: int
+    val_accuracy: float
+    val_macro_f1: float
+    train_examples: int
+    wall_seconds: float
+    history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss
+    epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, val_accuracy, val_macro_f1, val_loss
+
+
+def cap_stratified(texts: list[str], labels: list[str], limit: int, seed: int) -> tuple[list[str], list[str]]:
+    """At most ``limit`` examples, keeping each label's share (seeded, deterministic). ``limit=0``: all."""
+    if limit <= 0 or limit >= len(texts):
+        return texts, labels
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for label in sorted(by_label):
+        members = by_label[label]
+        rng.shuffle(members)
+        keep += members[: max(1, round(len(members) * limit / len(texts)))]
+    keep.sort()
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar-length examples, so dynamic padding wastes little: shuffle, sort each window of
+    50 batches by length, cut, shuffle the batches (HF's ``group_by_length`` idea)."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+
+
+def collate(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest in the batch: ``input_ids``, ``attention_mask`` [B, L_max]."""
+    width = max(map(len, ids))
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
+@torch.no_grad()
+def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, precision: str = "fp32",
+                   batch_size: int = 64) -> torch.Tensor:
+    """Logits [N, n_labels] for ``texts``, batched by length, returned in input order."""
+    model.eval()
+    ids = encode(tokenizer, texts, max_length)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.empty((len(ids), model.config.num_labels))
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        input_ids, mask = collate([ids[i] for i in index], tokenizer.pad_token_id)
+        with autocast(device, precision):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        out[index] = logits.float().cpu()
+    return out
+
+
+def classification_scores(y_true: list[int], y_pred: list[int]) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score  # the reference implementation
+
+    return {"accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+
+def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfig, model_cfg: ModelConfig,
+             data_dir: Path, labels: list[str], tokenizer_dir: Path, pretrained_dir: Path | None, out_dir: Path,
+             tracker: Tracker | None = None) -> FinetuneResult:
+    """Fine-tune one classifier and save its best epoch (HF format) to ``out_dir``."""
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    tracker = tracker or NullTracker()
+    device = setup(loop)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    label_id = {label: i for i, label in enumerate(labels)}
+
+    texts, y = read_labelled(data_dir / "train.csv")
+    texts, y = cap_stratified(texts, y, cfg.max_train_examples, loop.seed)
+    val_texts, val_y = read_labelled(data_dir / "validation.csv")
+    train_ids = encode(tokenizer, texts, cfg.max_length)
+    train_targets = torch.tensor([label_id[label] for label in y])
+    val_targets = [label_id[label] for label in val_y]
+
+    if init == "pretrained":
+        model = classifier_from_pretrained(pretrained_dir, labels)
+        lr = cfg.learning_rate
+    else:
+        model = classifier_from_scratch(model_cfg, len(tokenizer), tokenizer.pad_token_id, labels)
+        lr = cfg.scratch_learning_rate
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(train_ids) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total * cfg.warmup_ratio), total)
+
+    rng = random.Random(loop.seed)
+    lengths = [len(ids) for ids in train_ids]
+    history, epochs, best_state, best = [], [], None, (-1.0, 0)
+    start = time.perf_counter()
+    step = 0
+    progress = tqdm(total=total, desc=f"finetune {task} ({init})", unit="step", disable=not loop.progress)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        for batch in length_grouped_batches(lengths, cfg.batch_size, rng):
+            input_ids, mask = collate([train_ids[i] for i in batch], tokenizer.pad_token_id)
+            with autocast(device, loop.precision):
+                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # [B, C]
+            loss = torch.nn.functional.cross_entropy(logits.float(), train_targets[batch].to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            history.append({"step": step, "epoch": epoch, "loss": loss.item()})
+            tracker.log_metrics({f"{init}.train_loss": loss.item()}, step=step)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+            progress.update(1)
+
+        val_logits = predict_logits(model, tokenizer, val_texts, cfg.max_length, device, loop.precision)
+        val_loss = torch.nn.functional.cross_entropy(val_logits, torch.tensor(val_targets)).item()
+        scores = classification_scores(val_targets, val_logits.argmax(-1).tolist())
+        epochs.append({"epoch": epoch, "step": step, "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}})
+        tracker.log_metrics({f"{init}.val_loss": val_loss, f"{init}.val_accuracy": scores["accuracy"],
+                             f"{init}.val_macro_f1": scores["macro_f1"]}, step=step)
+        progress.write(f"{task} ({init}) epoch {epoch}: val accuracy {scores['accuracy']:.3f}, "
+                       f"macro-F1 {scores['macro_f1']:.3f}, loss {val_loss:.3f}")
+        if scores["macro_f1"] > best[0]:
+            best = (scores["macro_f1"], epoch)
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    progress.close()
+
+    model.load_state_dict(best_state)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    best_epoch = epochs[best[1] - 1]
+    result = FinetuneResult(init=init, best_epoch=best[1], val_accuracy=best_epoch["val_accuracy"],
+                            val_macro_f1=best_epoch["val_macro_f1"], train_examples=len(train_ids),
+                            wall_seconds=time.perf_counter() - start, history=history, epochs=epochs)
+    (tmp / "training.json").write_text(json.dumps(asdict(result), indent=1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return result

@@ -1,0 +1,63 @@
+"""Classify text with an exported model using onnxruntime and tokenizers only — no torch on this path.
+
+An exported model folder holds ``model.onnx``, ``tokenizer.json`` and ``labels.json`` (and ``export.json`` with
+``max_length``); see ``selfsup.export``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str
+    confidence: float
+    scores: dict[str, float]
+
+
+class OnnxClassifier:
+    """An exported classifier: ``OnnxClassifier(folder).predict(["text", ...])``."""
+
+    def __init__(self, folder: Path, providers: list[str] | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        folder = Path(folder)
+        for name in ("model.onnx", "tokenizer.json", "labels.json"):
+            if not (folder / name).exists():
+                raise FileNotFoundError(f"{folder / name} is missing: not an exported selfsup model folder")
+        meta = json.loads((folder / "export.json").read_text()) if (folder / "export.json").exists() else {}
+        self.max_length = int(meta.get("max_length", 128))
+        self.labels: list[str] = json.loads((folder / "labels.json").read_text())
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.max_length)
+        self.pad_id = self.tokenizer.token_to_id("[PAD]")
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=providers or ["CPUExecutionProvider"])
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """[N, n_labels] float32 logits, in input order."""
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            encodings = self.tokenizer.encode_batch(texts[start : start + batch_size])
+            width = max(len(e.ids) for e in encodings)
+            ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(encodings), width), dtype=np.int64)
+            for row, enc in enumerate(encodings):
+                ids[row, : len(enc.ids)] = enc.ids
+                mask[row, : len(enc.ids)] = 1
+            out[start : start + len(encodings)] = self.session.run(
+                ["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+        return out
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        logits = self.logits(texts)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        return [Prediction(text, self.labels[int(p.argmax())], float(p.max()),
+                           {label: float(v) for label, v in zip(self.labels, p)}) for text, p in zip(texts, probs)]
