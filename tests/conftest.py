@@ -66,3 +66,34 @@ def run_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess
     """Run the real ``selfsup`` entry point of this venv."""
     exe = Path(os.sys.executable).parent / "selfsup"
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def corpus_docs(built_data) -> list[tuple[str, str]]:
+    """A few hundred real documents of the corpus (every source), for tiny model tests."""
+    from selfsup.data.text import read_corpus
+
+    docs = read_corpus(built_data / "corpus/unlabeled.jsonl")
+    by_source: dict[str, list] = {}
+    for source, text in docs:
+        if len(by_source.setdefault(source, [])) < 60:
+            by_source[source].append((source, text[:3000]))
+    return [doc for group in by_source.values() for doc in group]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(corpus_docs, tmp_path_factory) -> Path:
+    from selfsup.modeling.tokenizer import save_hf_tokenizer, train_wordpiece
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer = train_wordpiece((t for _, t in corpus_docs), vocab_size=400, min_frequency=2)
+    save_hf_tokenizer(tokenizer, folder, model_max_length=64)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_config(repo_root):
+    from selfsup.config import load_config
+
+    return load_config(repo_root / "params.yaml", ["preset=tiny", "pretrain.loop.progress=false",
+                                                     "finetune.loop.progress=false", "tracking.enabled=false"])

@@ -104,7 +104,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     if not outcome.success:
         _print_err(outcome.error_message(cfg.validate.max_failures_shown))
+        _track_validation(cfg, args.params, outcome)
         return 1
+    _track_validation(cfg, args.params, outcome)
     n_rules = sum(len(t["rules"]) for t in outcome.summary["tables"].values())
     print(f"data validation passed: {len(outcome.summary['tables'])} tables, {n_rules} rule checks, "
           f"{elapsed:.1f} s; report in {outcome.report_dir}/")
@@ -321,6 +323,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             print(f"{prediction.label}\t{prediction.confidence:.3f}\t{prediction.text}")
     return 0
+
+
+def _track_validation(cfg, params: str, outcome) -> None:
+    from selfsup.tracking import open_run
+
+    metrics = json.loads((outcome.report_dir / "metrics.json").read_text())
+    with open_run(cfg, "validate", Path(params), cfg.validate) as tracker:
+        tracker.log_metrics({"passed": metrics["passed"], "failing_rows": metrics["failing_rows"],
+                             **{f"failing_rows.{k}": v for k, v in metrics["failing_rows_by_rule"].items()}})
+        tracker.log_artifact(outcome.report_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,3 +40,14 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    """A tqdm bar that redraws often on a terminal and rarely in logs (CI, ``dvc repro > log``)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled,
+                mininterval=0.2 if interactive else 30.0, maxinterval=60.0)

@@ -25,7 +25,7 @@ from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig
 from selfsup.data.text import read_labelled
 from selfsup.modeling.encoder import classifier_from_pretrained, classifier_from_scratch
 from selfsup.modeling.tokenizer import load_tokenizer
-from selfsup.runtime import autocast, setup
+from selfsup.runtime import autocast, progress_bar, setup
 from selfsup.tracking import NullTracker, Tracker
 
 INITS = ("pretrained", "scratch")
@@ -44,18 +44,25 @@ class FinetuneResult:
 
 
 def cap_stratified(texts: list[str], labels: list[str], limit: int, seed: int) -> tuple[list[str], list[str]]:
-    """At most ``limit`` examples, keeping each label's share (seeded, deterministic). ``limit=0``: all."""
+    """Exactly ``limit`` examples keeping each label's share (largest-remainder quotas, at least one per label;
+    seeded, deterministic). ``limit=0`` or a limit above the size: everything."""
     if limit <= 0 or limit >= len(texts):
         return texts, labels
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_label[label].append(i)
+    names = sorted(by_label)
+    exact = {label: len(by_label[label]) * limit / len(texts) for label in names}
+    quota = {label: max(1, int(exact[label])) for label in names}
+    by_remainder = sorted(names, key=lambda label: (-(exact[label] - int(exact[label])), label))
+    for label in by_remainder[: max(0, limit - sum(quota.values()))]:
+        quota[label] += 1
     rng = random.Random(seed)
     keep: list[int] = []
-    for label in sorted(by_label):
-        members = by_label[label]
+    for label in names:
+        members = list(by_label[label])
         rng.shuffle(members)
-        keep += members[: max(1, round(len(members) * limit / len(texts)))]
+        keep += members[: quota[label]]
     keep.sort()
     return [texts[i] for i in keep], [labels[i] for i in keep]
 
@@ -117,7 +124,6 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
              data_dir: Path, labels: list[str], tokenizer_dir: Path, pretrained_dir: Path | None, out_dir: Path,
              tracker: Tracker | None = None) -> FinetuneResult:
     """Fine-tune one classifier and save its best epoch (HF format) to ``out_dir``."""
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     if init not in INITS:
@@ -151,7 +157,7 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
     history, epochs, best_state, best = [], [], None, (-1.0, 0)
     start = time.perf_counter()
     step = 0
-    progress = tqdm(total=total, desc=f"finetune {task} ({init})", unit="step", disable=not loop.progress)
+    progress = progress_bar(total, f"finetune {task} ({init})", loop.progress)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         for batch in length_grouped_batches(lengths, cfg.batch_size, rng):

@@ -28,7 +28,7 @@ from selfsup.config import PretrainConfig, config_to_dict
 from selfsup.data.text import PackedCorpus, block_weights, pack_corpus, read_corpus, split_blocks
 from selfsup.modeling.encoder import masked_lm, mlm_loss
 from selfsup.modeling.tokenizer import load_tokenizer
-from selfsup.runtime import autocast, setup
+from selfsup.runtime import autocast, progress_bar, setup
 from selfsup.tracking import NullTracker, Tracker
 
 
@@ -87,7 +87,6 @@ def evaluate_mlm(model, val: PackedCorpus, collator, batch_size: int, n_batches:
 def pretrain_mlm(cfg: PretrainConfig, corpus_path: Path, tokenizer_dir: Path, checkpoint_dir: Path,
                  tracker: Tracker | None = None) -> PretrainResult:
     """Pretrain an encoder on ``corpus_path``; save it (HF format) to ``cfg.out_dir``."""
-    from tqdm.auto import tqdm
     from transformers import DataCollatorForLanguageModeling, get_linear_schedule_with_warmup
 
     tracker = tracker or NullTracker()
@@ -131,7 +130,7 @@ def pretrain_mlm(cfg: PretrainConfig, corpus_path: Path, tokenizer_dir: Path, ch
     model.train()
     tokens_per_batch = cfg.batch_size * cfg.seq_len
     start_time = time.perf_counter()
-    progress = tqdm(total=cfg.max_steps, initial=step, desc="pretrain_mlm", unit="step", disable=not cfg.loop.progress)
+    progress = progress_bar(cfg.max_steps, "pretrain_mlm", cfg.loop.progress, initial=step)
     while step < cfg.max_steps:
         # [B] block indices, drawn with the source weights; [B, L] token ids
         index = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=sampler)
