@@ -88,9 +88,8 @@ def evaluate_task(task: str, labels: list[str], test_csv: Path, models_dir: Path
                   out_dir: Path, device) -> dict:
     """Score both classifiers of ``task`` on ``test_csv``; write the files listed in the module docstring."""
     from selfsup.data.text import read_labelled
+    from selfsup.modeling.encoder import load_classifier
     from selfsup.modeling.tokenizer import load_tokenizer
-    from transformers import BertForSequenceClassification
-
     from selfsup.recipes.finetune import predict_logits
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +100,7 @@ def evaluate_task(task: str, labels: list[str], test_csv: Path, models_dir: Path
     matrices, trainings = {}, {}
     for init in INITS:
         folder = models_dir / init
-        model = BertForSequenceClassification.from_pretrained(str(folder), local_files_only=True).to(device)
+        model = load_classifier(folder).to(device)
         tokenizer = load_tokenizer(folder)
         y_pred = predict_logits(model, tokenizer, texts, max_length, device).argmax(-1).tolist()
         metrics[init] = classification_scores(y_true, y_pred)

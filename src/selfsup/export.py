@@ -63,13 +63,12 @@ def export_onnx(model, path: Path, max_length: int, opset: int) -> None:
 def export_classifier(model_dir: Path, labels: list[str], test_texts: list[str], max_length: int, out_dir: Path,
                       opset: int, min_label_agreement: float, max_abs_logit_diff: float) -> ExportResult:
     import onnx
-    from transformers import BertForSequenceClassification
-
+    from selfsup.modeling.encoder import load_classifier
     from selfsup.modeling.tokenizer import load_tokenizer
     from selfsup.recipes.finetune import predict_logits
     from selfsup.serve.predict import OnnxClassifier
 
-    model = BertForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True).eval()
+    model = load_classifier(model_dir).eval()
     stored = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if stored != list(labels):
         raise ValueError(f"{model_dir}: the model's labels {stored} differ from the declared labels {labels}")

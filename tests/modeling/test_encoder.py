@@ -31,3 +31,31 @@ def test_classifier_has_labels_and_shape():
     logits = model(input_ids=torch.randint(5, 50, (4, 10))).logits
     assert logits.shape == (4, 3)
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+def test_mean_pooling_ignores_padding():
+    torch.manual_seed(0)
+    model = classifier_from_scratch(TINY, vocab_size=50, pad_token_id=0, labels=["a", "b"]).eval()
+    ids = torch.randint(5, 50, (1, 6))
+    padded = torch.cat([ids, torch.zeros((1, 4), dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones((1, 6)), torch.zeros((1, 4))], dim=1).long()
+    with torch.no_grad():
+        short = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        long = model(input_ids=padded, attention_mask=mask).logits
+    assert torch.allclose(short, long, atol=1e-5)
+
+
+def test_classifier_loads_the_pretrained_encoder(tmp_path):
+    from selfsup.modeling.encoder import classifier_from_pretrained, load_classifier
+
+    torch.manual_seed(0)
+    mlm = masked_lm(TINY, vocab_size=50, pad_token_id=0)
+    mlm.save_pretrained(str(tmp_path / "mlm"))
+    clf = classifier_from_pretrained(tmp_path / "mlm", ["a", "b", "c"])
+    assert torch.equal(clf.bert.embeddings.word_embeddings.weight, mlm.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(clf.bert.encoder.layer[0].output.dense.weight, mlm.bert.encoder.layer[0].output.dense.weight)
+    clf.save_pretrained(str(tmp_path / "clf"))
+    again = load_classifier(tmp_path / "clf")
+    assert torch.equal(again.classifier.weight, clf.classifier.weight)
+    with pytest.raises(ValueError, match="num_labels must be >= 2"):
+        classifier_from_scratch(TINY, 50, 0, ["only"])

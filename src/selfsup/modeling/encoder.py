@@ -32,24 +32,73 @@ def masked_lm(model: ModelConfig, vocab_size: int, pad_token_id: int):
     return BertForMaskedLM(config)
 
 
-def classifier_from_scratch(model: ModelConfig, vocab_size: int, pad_token_id: int, labels: list[str]):
-    """A freshly initialised ``BertForSequenceClassification`` with the same architecture as the encoder."""
-    from transformers import BertForSequenceClassification
+_classifier_class = None
 
-    config = bert_config(model, vocab_size, pad_token_id, num_labels=len(labels),
-                         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+
+def _mean_pool_classifier_class():
+    """``MeanPoolClassifier``, defined on first use so that importing this module does not import transformers."""
+    global _classifier_class
+    if _classifier_class is not None:
+        return _classifier_class
+    import torch
+    from transformers.modeling_outputs import SequenceClassifierOutput
+    from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
+
+    class MeanPoolClassifier(BertPreTrainedModel):
+        """BERT encoder + masked mean pooling + dropout + linear head.
+
+        Mean pooling instead of BERT's [CLS] pooler: MLM pretraining trains every token's representation but
+        never the [CLS] pooler (a randomly initialised dense+tanh layer), and with a briefly pretrained encoder the
+        [CLS] route made fine-tuning unstable (measured: topic macro-F1 0.67-0.89 across two runs).
+        Shapes: ``input_ids``, ``attention_mask`` [B, L] -> ``logits`` [B, num_labels].
+        Saved and loaded with ``save_pretrained`` / ``from_pretrained``; loading an MLM checkpoint takes its
+        ``bert.*`` encoder weights and initialises the head.
+        """
+
+        def __init__(self, config):
+            super().__init__(config)
+            if config.num_labels < 2:
+                raise ValueError(f"num_labels must be >= 2, got {config.num_labels}")
+            self.bert = BertModel(config, add_pooling_layer=False)
+            self.dropout = torch.nn.Dropout(config.hidden_dropout_prob)
+            self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+            self.post_init()
+
+        def forward(self, input_ids, attention_mask=None, labels=None, **_):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
+            logits = self.classifier(self.dropout(pooled))  # [B, C]
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    _classifier_class = MeanPoolClassifier
+    return MeanPoolClassifier
+
+
+def _label_maps(labels: list[str]) -> dict:
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+def classifier_from_scratch(model: ModelConfig, vocab_size: int, pad_token_id: int, labels: list[str]):
+    """A freshly initialised classifier (``MeanPoolClassifier``) with the same architecture as the encoder."""
+    config = bert_config(model, vocab_size, pad_token_id, **_label_maps(labels))
     config._attn_implementation = "sdpa"
-    return BertForSequenceClassification(config)
+    return _mean_pool_classifier_class()(config)
 
 
 def classifier_from_pretrained(folder, labels: list[str]):
-    """The pretrained encoder with a new classification head (the MLM head is dropped)."""
-    from transformers import BertForSequenceClassification
+    """The pretrained encoder with a new mean-pooling classification head (the MLM head is dropped)."""
+    return _mean_pool_classifier_class().from_pretrained(str(folder), local_files_only=True,
+                                                         attn_implementation="sdpa", **_label_maps(labels))
 
-    return BertForSequenceClassification.from_pretrained(
-        str(folder), num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={l: i for i, l in enumerate(labels)}, local_files_only=True, attn_implementation="sdpa",
-    )
+
+def load_classifier(folder):
+    """A fine-tuned classifier saved by the finetune recipe."""
+    return _mean_pool_classifier_class().from_pretrained(str(folder), local_files_only=True)
 
 
 def mlm_loss(model, input_ids, labels):

@@ -1,7 +1,7 @@
 """Sequence-classification fine-tuning, read top to bottom — from the pretrained encoder or from scratch.
 
     train.csv --tokenizer (truncate to max_length)--> length-grouped batches (dynamic padding)
-      --> BertForSequenceClassification [B, n_labels] --cross-entropy--> AdamW, warm-up then linear decay
+      --> encoder + mean pooling + linear head [B, n_labels] --cross-entropy--> AdamW, warm-up then linear decay
     after every epoch: accuracy / macro-F1 on validation.csv; the best epoch (macro-F1) is kept and saved.
 
 The same function trains the baseline: ``init="scratch"`` builds the same architecture from the config with random
@@ -173,7 +173,7 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
             step += 1
             history.append({"step": step, "epoch": epoch, "loss": loss.item()})
             tracker.log_metrics({f"{init}.train_loss": loss.item()}, step=step)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             progress.update(1)
 
         val_logits = predict_logits(model, tokenizer, val_texts, cfg.max_length, device, loop.precision)

@@ -150,7 +150,7 @@ def pretrain_mlm(cfg: PretrainConfig, corpus_path: Path, tokenizer_dir: Path, ch
         record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate}
         history.append(record)
         tracker.log_metrics({"train_loss": record["loss"], "lr": record["lr"], "tokens_per_s": rate}, step=step)
-        progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:,.0f}")
+        progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
         progress.update(1)
 
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
