@@ -117,10 +117,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    tmp.replace(path)
+    from selfsup.fileio import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True))
 
 
 def _task_spec(cfg, task: str):
@@ -132,9 +131,8 @@ def _task_spec(cfg, task: str):
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
-    import shutil
-
     from selfsup.data.text import read_corpus
+    from selfsup.fileio import replace_dir, staging_dir
     from selfsup.modeling.tokenizer import load_tokenizer, save_hf_tokenizer, train_wordpiece
     from selfsup.tracking import open_run
 
@@ -144,17 +142,16 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
     tokenizer = train_wordpiece((text for _, text in docs), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
                                 cfg.tokenizer.lowercase, length=len(docs))
     out = Path(cfg.tokenizer.out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(out)
     save_hf_tokenizer(tokenizer, tmp, cfg.pretrain.model.max_position)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    replace_dir(tmp, out)
     # how well the vocabulary fits the texts the tasks care about
     sample = [text for source, text in docs if source == "tweets"][:2000] or [t for _, t in docs[:200]]
     fast = load_tokenizer(out)
-    pieces = sum(len(fast.tokenize(t)) for t in sample)
+    tokenized = [fast.tokenize(t) for t in sample]
+    pieces = sum(map(len, tokenized))
     words = sum(len(t.split()) for t in sample)
-    unk = sum(fast.tokenize(t).count("[UNK]") for t in sample)
+    unk = sum(tokens.count("[UNK]") for tokens in tokenized)
     metrics = {"vocab_size": len(fast), "pieces_per_word_tweets": pieces / max(words, 1),
                "unk_rate_tweets": unk / max(pieces, 1), "seconds": time.perf_counter() - start}
     _write_json(Path("artifacts/tokenizer/metrics.json"), metrics)

@@ -16,7 +16,6 @@ written) when agreement is below ``min_label_agreement`` or the difference above
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ def export_onnx(model, path: Path, max_length: int, opset: int) -> None:
 def export_classifier(model_dir: Path, labels: list[str], test_texts: list[str], max_length: int, out_dir: Path,
                       opset: int, min_label_agreement: float, max_abs_logit_diff: float) -> ExportResult:
     import onnx
+    from selfsup.fileio import replace_dir, staging_dir
     from selfsup.modeling.encoder import load_classifier
     from selfsup.modeling.tokenizer import load_tokenizer
     from selfsup.recipes.finetune import predict_logits
@@ -72,9 +72,7 @@ def export_classifier(model_dir: Path, labels: list[str], test_texts: list[str],
     stored = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if stored != list(labels):
         raise ValueError(f"{model_dir}: the model's labels {stored} differ from the declared labels {labels}")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(out_dir)
     try:
         export_onnx(model, tmp / "model.onnx", max_length, opset)
         onnx.checker.check_model(onnx.load(str(tmp / "model.onnx")), full_check=True)
@@ -97,7 +95,5 @@ def export_classifier(model_dir: Path, labels: list[str], test_texts: list[str],
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     return result

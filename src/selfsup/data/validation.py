@@ -19,15 +19,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfsup.config import Config, TableRules
 from selfsup.data.clean import dedup_key
-from selfsup.data.suites import Rule, rules_for
+from selfsup.data.suites import rules_for
+from selfsup.fileio import write_text_atomic
 
 
 @dataclass
@@ -209,15 +208,6 @@ def collect_tables(cfg: Config) -> list[Table]:
     return [corpus, *tables]
 
 
-def _write_atomic(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def validate_data(cfg: Config) -> ValidationOutcome:
     """Run every suite over the configured data and write the reports; see the module docstring."""
     from selfsup.adapters import gx  # lazy: the core never imports Great Expectations at import time
@@ -246,11 +236,11 @@ def validate_data(cfg: Config) -> ValidationOutcome:
                 failures.append(Failure(result.rule.name, file, where, column[index], result.rule.explain))
     failures.sort(key=lambda f: (f.file, _row_order(f.where), f.rule))
     report_dir = Path(cfg.validate.report_dir)
-    _write_atomic(report_dir / "ge_results.json", json.dumps([r.raw for r in runs], indent=1, default=str))
-    _write_atomic(report_dir / "report.html", gx.render_html(runs))
+    write_text_atomic(report_dir / "ge_results.json", json.dumps([r.raw for r in runs], indent=1, default=str))
+    write_text_atomic(report_dir / "report.html", gx.render_html(runs))
     summary["failing_rows"] = len(failures)
-    _write_atomic(report_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
-    _write_atomic(report_dir / "metrics.json", json.dumps(_metrics(summary, failures), indent=1, sort_keys=True))
+    write_text_atomic(report_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+    write_text_atomic(report_dir / "metrics.json", json.dumps(_metrics(summary, failures), indent=1, sort_keys=True))
     return ValidationOutcome(summary["success"], failures, summary, report_dir)
 
 

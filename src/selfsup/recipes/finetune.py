@@ -11,9 +11,7 @@ weights, so the two results differ only by what pretraining learned.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -23,6 +21,7 @@ import torch
 
 from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig
 from selfsup.data.text import read_labelled
+from selfsup.fileio import replace_dir, staging_dir
 from selfsup.modeling.encoder import classifier_from_pretrained, classifier_from_scratch
 from selfsup.modeling.tokenizer import load_tokenizer
 from selfsup.runtime import autocast, progress_bar, setup
@@ -190,8 +189,7 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
     progress.close()
 
     model.load_state_dict(best_state)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(out_dir)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     best_epoch = epochs[best[1] - 1]
@@ -199,7 +197,5 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
                             val_macro_f1=best_epoch["val_macro_f1"], train_examples=len(train_ids),
                             wall_seconds=time.perf_counter() - start, history=history, epochs=epochs)
     (tmp / "training.json").write_text(json.dumps(asdict(result), indent=1))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     return result

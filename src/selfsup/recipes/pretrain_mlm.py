@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 
 from selfsup.config import PretrainConfig, config_to_dict
 from selfsup.data.text import PackedCorpus, block_weights, pack_corpus, read_corpus, split_blocks
+from selfsup.fileio import replace_dir, staging_dir
 from selfsup.modeling.encoder import masked_lm, mlm_loss
 from selfsup.modeling.tokenizer import load_tokenizer
 from selfsup.runtime import autocast, progress_bar, setup
@@ -59,12 +59,9 @@ def _fingerprint(cfg: PretrainConfig, tokenizer_dir: Path, corpus: Path) -> str:
 
 
 def _save_checkpoint(folder: Path, state: dict) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(folder)
     torch.save(state, tmp / "state.pt")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    replace_dir(tmp, folder)
 
 
 @torch.no_grad()
@@ -170,12 +167,10 @@ def pretrain_mlm(cfg: PretrainConfig, corpus_path: Path, tokenizer_dir: Path, ch
     wall = time.perf_counter() - start_time
 
     out_dir = Path(cfg.out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(out_dir)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
 
     trained_steps = max(1, step - resumed_from)
