@@ -11,6 +11,10 @@
     selfsup evaluate TASK                          test-set metrics and plots for both
     selfsup export TASK                            ONNX export + parity check + MLflow registration
     selfsup predict --model DIR [TEXT ...]         classify text with an exported model (onnxruntime only)
+    selfsup validate-images                        validate every image in the image manifest (issue 6)
+    selfsup pretrain-ssl                           self-supervised image pretraining (vision.pretrain.method)
+    selfsup evaluate-ssl                           kNN / linear probe vs random init and supervised, plots
+    selfsup export-ssl                             image encoder + probe to ONNX, parity check, registration
 
 Every command reads ``--params`` (default ``params.yaml``) and accepts ``key.path=value`` overrides.
 Exit codes: 0 ok, 1 the stage ran and failed its checks, 2 bad usage or configuration.
@@ -322,11 +326,78 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _track_validation(cfg, params: str, outcome) -> None:
+# ------------------------------------------------------------------------------- image stages (issue 6: vision)
+
+
+def cmd_validate_images(args: argparse.Namespace) -> int:
+    from selfsup.data.image_validation import validate_images
+    from selfsup.data.images import ImageDataError
+    from selfsup.data.validation import DataFileError
+
+    cfg = load_config(args.params, args.overrides)
+    start = time.perf_counter()
+    try:
+        outcome = validate_images(cfg)
+    except (DataFileError, ImageDataError) as err:
+        _print_err(f"image validation FAILED: {err}")
+        return 1
+    _track_validation(cfg, args.params, outcome, stage="validate_images", section=cfg.vision.validate)
+    if not outcome.success:
+        _print_err(outcome.error_message(cfg.vision.validate.max_failures_shown).replace("data validation",
+                                                                                          "image validation"))
+        return 1
+    rows = sum(t["rows"] for t in outcome.summary["tables"].values() if t["kind"] == "image")
+    print(f"image validation passed: {rows:,} images, {time.perf_counter() - start:.1f} s; "
+          f"report in {outcome.report_dir}/")
+    return 0
+
+
+def cmd_pretrain_ssl(args: argparse.Namespace) -> int:
+    from selfsup.recipes.image_common import CollapseError
+    from selfsup.vision_stages import pretrain_stage
+
+    cfg = load_config(args.params, args.overrides)
+    try:
+        m = pretrain_stage(cfg, Path(args.params))
+    except CollapseError as err:
+        _print_err(str(err))
+        return 1
+    print(f"{m['method']}: {m['steps']} steps in {m['wall_seconds']:.0f} s ({m['images_per_second']:,.0f} images/s), "
+          f"final loss {m['final_loss']:.3f}; embedding std {m['embedding_std']:.3f}, effective rank "
+          f"{m['effective_rank']:.1f} (not collapsed)")
+    return 0
+
+
+def cmd_evaluate_ssl(args: argparse.Namespace) -> int:
+    from selfsup.vision_stages import evaluate_stage
+
+    m = evaluate_stage(load_config(args.params, args.overrides), Path(args.params))
+    probes = ", ".join(f"{float(f):.0%} {a:.3f}" for f, a in m["ssl"]["probe_accuracy"].items())
+    print(f"{m['method']} encoder on {m['held_out_images']:,} held-out images: kNN {m['ssl']['knn_accuracy']:.3f} "
+          f"(random init {m['random_init']['knn_accuracy']:.3f}); linear probe {probes}; supervised from scratch "
+          + ", ".join(f"{float(f):.0%} {a:.3f}" for f, a in m["supervised_from_scratch"]["accuracy"].items())
+          + f" ({m['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_export_ssl(args: argparse.Namespace) -> int:
+    from selfsup.vision_stages import ExportParityError, export_stage
+
+    try:
+        m = export_stage(load_config(args.params, args.overrides), Path(args.params))
+    except ExportParityError as err:
+        _print_err(str(err))
+        return 1
+    print(f"exported {m['onnx_path']} ({m['onnx_bytes'] / 1e6:.2f} MB): label agreement {m['label_agreement']:.4%}, "
+          f"max |diff| {m['max_abs_diff']:.1e}" + (f"; registered {m['name']} v{m['version']}" if m["registered"] else ""))
+    return 0
+
+
+def _track_validation(cfg, params: str, outcome, stage: str = "validate", section=None) -> None:
     from selfsup.tracking import open_run
 
     metrics = json.loads((outcome.report_dir / "metrics.json").read_text())
-    with open_run(cfg, "validate", Path(params), cfg.validate) as tracker:
+    with open_run(cfg, stage, Path(params), section if section is not None else cfg.validate) as tracker:
         tracker.log_metrics({"passed": metrics["passed"], "failing_rows": metrics["failing_rows"],
                              **{f"failing_rows.{k}": v for k, v in metrics["failing_rows_by_rule"].items()}})
         tracker.log_artifact(outcome.report_dir)
@@ -379,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's score")
     p.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     p.set_defaults(func=cmd_predict)
+    # image stages (issue 6: vision)
+    add("validate-images", cmd_validate_images, "validate every image in the image manifest (Great Expectations)")
+    add("pretrain-ssl", cmd_pretrain_ssl, "self-supervised image pretraining with vision.pretrain.method")
+    add("evaluate-ssl", cmd_evaluate_ssl, "kNN / linear-probe accuracy vs random init and supervised; plots")
+    add("export-ssl", cmd_export_ssl, "image encoder + probe to ONNX, parity check, MLflow registration")
     return parser
 
 

@@ -215,6 +215,12 @@ def validate_data(cfg: Config) -> ValidationOutcome:
     tables = collect_tables(cfg)
     runs = gx.run_suites([(t.name, t.columns, [(r, r.kwargs(t.rules, t.labels)) for r in rules_for(t.kind, t.rules)])
                           for t in tables])
+    return write_outcome(tables, runs, Path(cfg.validate.report_dir), gx.render_html)
+
+
+def write_outcome(tables: list[Table], runs: list, report_dir: Path, render_html) -> ValidationOutcome:
+    """Turn GE runs over ``tables`` into failures naming file, row and rule, and write the four reports (shared by
+    the text ``validate`` and the image ``validate_images`` stages)."""
     failures: list[Failure] = []
     summary: dict[str, Any] = {"success": True, "tables": {}}
     by_name = {t.name: t for t in tables}
@@ -235,9 +241,8 @@ def validate_data(cfg: Config) -> ValidationOutcome:
                 file, where = table.locations[index]
                 failures.append(Failure(result.rule.name, file, where, column[index], result.rule.explain))
     failures.sort(key=lambda f: (f.file, _row_order(f.where), f.rule))
-    report_dir = Path(cfg.validate.report_dir)
     write_text_atomic(report_dir / "ge_results.json", json.dumps([r.raw for r in runs], indent=1, default=str))
-    write_text_atomic(report_dir / "report.html", gx.render_html(runs))
+    write_text_atomic(report_dir / "report.html", render_html(runs))
     summary["failing_rows"] = len(failures)
     write_text_atomic(report_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
     write_text_atomic(report_dir / "metrics.json", json.dumps(_metrics(summary, failures), indent=1, sort_keys=True))
@@ -249,7 +254,7 @@ def _metrics(summary: dict[str, Any], failures: list[Failure]) -> dict[str, Any]
     per_rule: dict[str, int] = {}
     for failure in failures:
         per_rule[failure.rule] = per_rule.get(failure.rule, 0) + 1
-    rows = {name: t["rows"] for name, t in summary["tables"].items() if t["kind"] in ("corpus", "labelled")}
+    rows = {name: t["rows"] for name, t in summary["tables"].items() if t["kind"] in ("corpus", "labelled", "image")}
     return {
         "passed": int(summary["success"]),
         "failing_rows": len(failures),

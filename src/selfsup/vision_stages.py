@@ -1,0 +1,323 @@
+"""The image stages as functions of the config: what ``selfsup validate-images | pretrain-ssl | evaluate-ssl |
+export-ssl`` run (the CLI only parses arguments and prints). Each reads its inputs from the paths in
+``cfg.vision``, writes its outputs atomically, logs to the tracker, and returns the metrics it wrote.
+
+    validate_images  manifest -> artifacts/validation_images/      (Great Expectations; fails on a broken image)
+    pretrain_ssl     train pixels (no labels) -> models/ssl/encoder.pt, artifacts/pretrain_ssl/
+    evaluate_ssl     encoder + labels -> artifacts/evaluate_ssl/ (kNN, probes, supervised baseline, plots),
+                     models/ssl_probe/probe.pt
+    export_ssl       encoder + probe -> models/onnx/image-encoder/ (ONNX, parity-checked), MLflow registration
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfsup.config import Config
+from selfsup.fileio import replace_dir, staging_dir, write_text_atomic
+
+
+def _write_json(path: Path, payload) -> None:
+    write_text_atomic(Path(path), json.dumps(payload, indent=1, sort_keys=True))
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(Path(path), buffer.getvalue())
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ------------------------------------------------------------------------------------------------ pretrain_ssl
+
+
+def pretrain_stage(cfg: Config, params_file: Path) -> dict:
+    """Pretrain with ``vision.pretrain.method``; raises ``CollapseError`` (after logging) if the embeddings collapse."""
+    from selfsup.data.images import load_images
+    from selfsup.modeling.vision import save_encoder
+    from selfsup.recipes.image_common import CollapseError, pretrain_ssl
+    from selfsup.runtime import setup
+    from selfsup.tracking import open_run
+
+    vc, pc = cfg.vision, cfg.vision.pretrain
+    device = setup(pc.loop)
+    pool = load_images(vc.data.manifest, vc.data.pretrain_split, vc.data.max_pretrain_images)
+    metrics_dir = Path(pc.metrics_dir)
+    with open_run(cfg, "pretrain_ssl", params_file, pc) as tracker:
+        tracker.set_tags({"method": pc.method, "backbone": pc.backbone})
+        try:
+            encoder, result = pretrain_ssl(pc, pool, device, tracker)
+        except CollapseError as err:
+            if err.result is not None:
+                _write_pretrain_reports(err.result, metrics_dir, pool_images=len(pool), collapsed=True)
+            tracker.set_tags({"collapsed": "true"})
+            raise
+        metrics = _write_pretrain_reports(result, metrics_dir, pool_images=len(pool), collapsed=False)
+        staging = staging_dir(Path(pc.out_dir))
+        save_encoder(encoder.cpu().to(memory_format=torch.contiguous_format), staging / "encoder.pt", pc.backbone,
+                     pc.width, int(pool.shape[1]), {"method": pc.method, "image_size": pc.image_size})
+        replace_dir(staging, Path(pc.out_dir))
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log_artifact(metrics_dir)
+    return metrics
+
+
+def _write_pretrain_reports(result, metrics_dir: Path, pool_images: int, collapsed: bool) -> dict:
+    metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "monitor")}
+    metrics.update(pool_images=pool_images, collapsed=int(collapsed))
+    _write_json(metrics_dir / "metrics.json", metrics)
+    _write_csv(metrics_dir / "loss.csv", ["step", "train_loss"], [[h["step"], f"{h['loss']:.5f}"]
+                                                                  for h in result.history])
+    _write_csv(metrics_dir / "collapse.csv", ["step", "embedding_std", "effective_rank"],
+               [[m["step"], f"{m['embedding_std']:.4f}", f"{m['effective_rank']:.3f}"] for m in result.monitor])
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    left.plot([h["step"] for h in result.history], [h["loss"] for h in result.history])
+    left.set(xlabel="step", ylabel="loss", title=f"{result.method} training loss")
+    left.grid(alpha=0.3)
+    steps = [m["step"] for m in result.monitor]
+    right.plot(steps, [m["embedding_std"] for m in result.monitor], "o-", label="embedding std x sqrt(D)")
+    right.set(xlabel="step", title="collapse monitor" + (" — COLLAPSED" if collapsed else ""))
+    twin = right.twinx()
+    twin.plot(steps, [m["effective_rank"] for m in result.monitor], "s--", color="tab:orange", label="effective rank")
+    right.legend(loc="upper left")
+    twin.legend(loc="lower right")
+    right.grid(alpha=0.3)
+    fig.savefig(metrics_dir / "curves.png", dpi=100)
+    plt.close(fig)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ evaluate_ssl
+
+
+def evaluate_stage(cfg: Config, params_file: Path) -> dict:
+    """kNN / linear-probe accuracy of the pretrained and of a random-init encoder, and supervised-from-scratch
+    accuracy, at every label fraction; plots; the 100 %-labels probe for export."""
+    from selfsup.data.images import load_images, load_labels
+    from selfsup.evaluate_image import predict_classes, score_frozen, stratified_subset, train_supervised
+    from selfsup.modeling.vision import build_backbone, load_encoder
+    from selfsup.runtime import setup
+    from selfsup.tracking import open_run
+
+    vc, ec = cfg.vision, cfg.vision.evaluate
+    device = setup(vc.pretrain.loop)
+    seed = vc.pretrain.loop.seed
+    start = time.perf_counter()
+    classes = list(vc.data.classes)
+    pool = load_images(vc.data.manifest, vc.data.pretrain_split, vc.data.max_eval_train_images)
+    pool_labels = load_labels(vc.data.manifest, vc.data.pretrain_split, classes, vc.data.max_eval_train_images)
+    held = load_images(vc.data.manifest, vc.data.eval_split, vc.data.max_eval_images)
+    held_labels = load_labels(vc.data.manifest, vc.data.eval_split, classes, vc.data.max_eval_images)
+    encoder_path = Path(vc.pretrain.out_dir) / "encoder.pt"
+    saved = torch.load(encoder_path, map_location="cpu", weights_only=True)
+    ssl_encoder = load_encoder(encoder_path).to(device)
+    torch.manual_seed(seed)  # the random-init baseline starts where pretraining started
+    random_encoder = build_backbone(saved["backbone"], saved["in_channels"], saved["width"]).to(device)
+
+    ssl, probe, ssl_features = score_frozen(ssl_encoder, pool, pool_labels, held, held_labels, len(classes), ec,
+                                            device, seed)
+    rand, _, _ = score_frozen(random_encoder, pool, pool_labels, held, held_labels, len(classes), ec, device, seed)
+    supervised = {}
+    held_tensor = torch.from_numpy(held_labels)
+    for fraction in ec.label_fractions:
+        subset = stratified_subset(pool_labels, fraction, seed)
+        torch.manual_seed(seed)
+        model = train_supervised(build_backbone(saved["backbone"], saved["in_channels"], saved["width"]),
+                                 pool[subset], pool_labels[subset], len(classes), ec.supervised_steps,
+                                 ec.supervised_learning_rate, vc.pretrain.batch_size, vc.pretrain.image_size,
+                                 device, seed)
+        supervised[f"{fraction:g}"] = float((predict_classes(model, held, device) == held_tensor).float().mean())
+
+    metrics = {
+        "method": saved.get("method", ""),
+        "held_out_images": len(held), "labelled_pool_images": len(pool),
+        "ssl": {"knn_accuracy": ssl.knn, "probe_accuracy": ssl.probe},
+        "random_init": {"knn_accuracy": rand.knn, "probe_accuracy": rand.probe},
+        "supervised_from_scratch": {"accuracy": supervised},
+        "knn_gain_over_random_init": ssl.knn - rand.knn,
+        "probe_gain_over_supervised": {f: ssl.probe[f] - supervised[f] for f in ssl.probe},
+    }
+    out_dir = Path(ec.out_dir)
+    fractions = [f"{f:g}" for f in ec.label_fractions]
+    _write_csv(out_dir / "label_efficiency.csv", ["labels", "ssl_probe", "random_init_probe", "supervised"],
+               [[f, f"{ssl.probe[f]:.4f}", f"{rand.probe[f]:.4f}", f"{supervised[f]:.4f}"] for f in fractions])
+    _plot_label_efficiency(metrics, fractions, out_dir / "label_efficiency.png")
+    if ec.tsne_images:
+        _plot_tsne(ssl_features[: ec.tsne_images].numpy(), held_labels[: ec.tsne_images], classes, seed,
+                   out_dir / "tsne.png")
+    probe_path = Path(ec.probe_path)
+    staging = staging_dir(probe_path.parent)
+    torch.save({"state_dict": probe.state_dict(), "dim": probe.linear.in_features, "classes": classes},
+               staging / probe_path.name)
+    replace_dir(staging, probe_path.parent)
+    metrics["seconds"] = time.perf_counter() - start
+    _write_json(out_dir / "metrics.json", metrics)
+    with open_run(cfg, "evaluate_ssl", params_file, ec) as tracker:
+        flat = {"ssl_knn_accuracy": ssl.knn, "random_init_knn_accuracy": rand.knn,
+                **{f"ssl_probe_accuracy_{f}": ssl.probe[f] for f in fractions},
+                **{f"random_init_probe_accuracy_{f}": rand.probe[f] for f in fractions},
+                **{f"supervised_accuracy_{f}": supervised[f] for f in fractions}}
+        tracker.log_metrics(flat)
+        tracker.log_artifact(out_dir)
+    return metrics
+
+
+def _plot_label_efficiency(metrics: dict, fractions: list[str], path: Path) -> None:
+    plt = _pyplot()
+    x = [float(f) * 100 for f in fractions]
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    ax.plot(x, [metrics["ssl"]["probe_accuracy"][f] for f in fractions], "o-",
+            label=f"{metrics['method']} encoder + linear probe")
+    ax.plot(x, [metrics["random_init"]["probe_accuracy"][f] for f in fractions], "s--",
+            label="random-init encoder + linear probe")
+    ax.plot(x, [metrics["supervised_from_scratch"]["accuracy"][f] for f in fractions], "^:",
+            label="supervised from scratch")
+    ax.axhline(metrics["ssl"]["knn_accuracy"], color="tab:blue", alpha=0.4, label="kNN, pretrained (100 %)")
+    ax.axhline(metrics["random_init"]["knn_accuracy"], color="tab:orange", alpha=0.4, label="kNN, random init")
+    ax.set_xscale("log")
+    ax.set(xlabel="labelled training images used (%)", ylabel="held-out accuracy",
+           title="label efficiency (frozen encoder)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], seed: int, path: Path) -> None:
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
+    points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6), constrained_layout=True)
+    for index, name in enumerate(classes):
+        mask = labels == index
+        ax.scatter(points[mask, 0], points[mask, 1], s=6, label=name, alpha=0.8)
+    ax.set(title=f"t-SNE of {len(features)} held-out embeddings, coloured by their (unseen) labels",
+           xticks=[], yticks=[])
+    ax.legend(markerscale=3, fontsize=8, loc="best")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------------------- export_ssl
+
+
+class EncoderWithProbe(torch.nn.Module):
+    """``uint8 images [B, C, H, W] -> (embedding [B, D], logits [B, classes])``: the exported graph."""
+
+    def __init__(self, encoder: torch.nn.Module, probe: torch.nn.Module):
+        super().__init__()
+        self.encoder, self.probe = encoder, probe
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.encoder(images)
+        return embedding, self.probe(embedding)
+
+
+class ExportParityError(RuntimeError):
+    """onnxruntime and PyTorch disagree beyond the configured tolerance."""
+
+
+def export_image_model(encoder_path: Path, probe_path: Path, images: np.ndarray, out_dir: Path, opset: int,
+                       max_abs_diff: float, min_label_agreement: float) -> dict:
+    """ONNX export (dynamic batch), ``onnx.checker``, onnxruntime vs PyTorch on ``images``; writes nothing when
+    parity fails."""
+    import onnx
+    import onnxruntime as ort
+
+    from selfsup.evaluate_image import LinearProbe
+    from selfsup.modeling.vision import load_encoder
+
+    saved_probe = torch.load(probe_path, map_location="cpu", weights_only=True)
+    probe = LinearProbe(saved_probe["dim"], len(saved_probe["classes"]))
+    probe.load_state_dict(saved_probe["state_dict"])
+    model = EncoderWithProbe(load_encoder(encoder_path), probe.eval()).eval()
+    tmp = staging_dir(out_dir)
+    try:
+        example = torch.from_numpy(images[:2])
+        torch.onnx.export(model, (example,), str(tmp / "model.onnx"), input_names=["images"],
+                          output_names=["embedding", "logits"], dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+                          external_data=False, opset_version=opset, verbose=False)
+        onnx.checker.check_model(onnx.load(str(tmp / "model.onnx")), full_check=True)
+        session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            ref_embedding, ref_logits = model(torch.from_numpy(images))
+        onnx_embedding, onnx_logits = session.run(None, {"images": images})
+        diff = max(float(np.abs(ref_embedding.numpy() - onnx_embedding).max()),
+                   float(np.abs(ref_logits.numpy() - onnx_logits).max()))
+        agreement = float((ref_logits.numpy().argmax(1) == onnx_logits.argmax(1)).mean())
+        result = {"onnx_path": str(out_dir / "model.onnx"), "parity_images": len(images), "max_abs_diff": diff,
+                  "label_agreement": agreement, "onnx_bytes": (tmp / "model.onnx").stat().st_size,
+                  "input": f"images uint8 [batch, {images.shape[1]}, {images.shape[2]}, {images.shape[3]}]",
+                  "outputs": "embedding float32 [batch, D], logits float32 [batch, classes]"}
+        if agreement < min_label_agreement or diff > max_abs_diff:
+            raise ExportParityError(f"ONNX parity check failed for {encoder_path}: label agreement {agreement:.4%} "
+                                    f"(need >= {min_label_agreement:.4%}), max |diff| {diff:.2e} "
+                                    f"(allowed {max_abs_diff:.0e})")
+        (tmp / "classes.json").write_text(json.dumps(saved_probe["classes"]))
+        (tmp / "export.json").write_text(json.dumps({"opset": opset, **result}, indent=1))
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out_dir)
+    return result
+
+
+def register_image_encoder(cfg: Config, run_id: str, out_dir: Path, metrics: dict[str, float]) -> int:
+    """Register the exported model as a new version of ``vision.export.registered_model`` with its metrics as
+    version tags; returns the version (the seam for the promotion gate / aliases)."""
+    from selfsup.adapters.mlflow import register_onnx
+    from selfsup.tracking import git_commit
+
+    return register_onnx(cfg.tracking, run_id, out_dir / "model.onnx", cfg.vision.export.registered_model, metrics,
+                         {"git_commit": git_commit(), "modality": "image", "method": cfg.vision.pretrain.method},
+                         [out_dir / "classes.json", out_dir / "export.json"])
+
+
+def export_stage(cfg: Config, params_file: Path) -> dict:
+    from selfsup.data.images import load_images
+    from selfsup.tracking import open_run
+
+    vc, xc = cfg.vision, cfg.vision.export
+    images = load_images(vc.data.manifest, vc.data.eval_split, xc.parity_images)
+    out_dir = Path(xc.out_dir)
+    result = export_image_model(Path(vc.pretrain.out_dir) / "encoder.pt", Path(vc.evaluate.probe_path), images,
+                                out_dir, xc.opset, xc.max_abs_diff, xc.min_label_agreement)
+    metrics_dir = Path("artifacts/export_ssl")
+    _write_json(metrics_dir / "metrics.json", result)
+    registration = {"registered": False}
+    if cfg.tracking.enabled:
+        evaluation = json.loads((Path(vc.evaluate.out_dir) / "metrics.json").read_text())
+        metrics = {"knn_accuracy": evaluation["ssl"]["knn_accuracy"],
+                   "probe_accuracy": evaluation["ssl"]["probe_accuracy"]["1"],
+                   "random_init_knn_accuracy": evaluation["random_init"]["knn_accuracy"],
+                   "onnx_label_agreement": result["label_agreement"], "onnx_max_abs_diff": result["max_abs_diff"]}
+        with open_run(cfg, "export_ssl", params_file, xc) as tracker:
+            tracker.log_metrics(metrics)
+            version = register_image_encoder(cfg, tracker.run_id, out_dir, metrics)
+        registration = {"registered": True, "name": xc.registered_model, "version": version, "run_id": tracker.run_id}
+    _write_json(metrics_dir / "registered.json", registration)
+    return {**result, **registration}
