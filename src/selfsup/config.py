@@ -388,6 +388,7 @@ class SSLEvaluateConfig:
     probe_epochs: int = option(30, help="linear-probe epochs (full-batch-free AdamW on cached features)")
     probe_learning_rate: float = option(1e-2, help="linear-probe learning rate")
     supervised_steps: int = option(300, help="optimizer steps of the supervised-from-scratch baseline per fraction")
+    supervised_batch_size: int = option(64, help="images per step of the supervised-from-scratch baseline")
     supervised_learning_rate: float = option(2e-3, help="supervised baseline peak AdamW learning rate")
     tsne_images: int = option(1500, help="held-out images in the 2-D t-SNE plot (0 = no plot)")
     out_dir: Path = option(Path("artifacts/evaluate_ssl"), help="metrics.json, plots and the probe")
@@ -399,7 +400,7 @@ class SSLEvaluateConfig:
         _check(bool(self.label_fractions) and all(0 < f <= 1 for f in self.label_fractions),
                f"{path}.label_fractions", f"must be shares in (0, 1], got {self.label_fractions}")
         _check(1.0 in self.label_fractions, f"{path}.label_fractions", "must include 1.0 (the exported probe)")
-        for name in ("probe_epochs", "supervised_steps"):
+        for name in ("probe_epochs", "supervised_steps", "supervised_batch_size"):
             _check(getattr(self, name) >= 1, f"{path}.{name}", "must be >= 1")
 
 

@@ -64,6 +64,7 @@ def pretrain_stage(cfg: Config, params_file: Path) -> dict:
     metrics_dir = Path(pc.metrics_dir)
     with open_run(cfg, "pretrain_ssl", params_file, pc) as tracker:
         tracker.set_tags({"method": pc.method, "backbone": pc.backbone})
+        cpu_start = time.process_time()  # CPU seconds: comparable across machines when other jobs share the cores
         try:
             encoder, result = pretrain_ssl(pc, pool, device, tracker)
         except CollapseError as err:
@@ -71,7 +72,8 @@ def pretrain_stage(cfg: Config, params_file: Path) -> dict:
                 _write_pretrain_reports(err.result, metrics_dir, pool_images=len(pool), collapsed=True)
             tracker.set_tags({"collapsed": "true"})
             raise
-        metrics = _write_pretrain_reports(result, metrics_dir, pool_images=len(pool), collapsed=False)
+        metrics = _write_pretrain_reports(result, metrics_dir, pool_images=len(pool), collapsed=False,
+                                          cpu_seconds=time.process_time() - cpu_start)
         staging = staging_dir(Path(pc.out_dir))
         save_encoder(encoder.cpu().to(memory_format=torch.contiguous_format), staging / "encoder.pt", pc.backbone,
                      pc.width, int(pool.shape[1]), {"method": pc.method, "image_size": pc.image_size})
@@ -81,9 +83,10 @@ def pretrain_stage(cfg: Config, params_file: Path) -> dict:
     return metrics
 
 
-def _write_pretrain_reports(result, metrics_dir: Path, pool_images: int, collapsed: bool) -> dict:
+def _write_pretrain_reports(result, metrics_dir: Path, pool_images: int, collapsed: bool,
+                            cpu_seconds: float = 0.0) -> dict:
     metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "monitor")}
-    metrics.update(pool_images=pool_images, collapsed=int(collapsed))
+    metrics.update(pool_images=pool_images, collapsed=int(collapsed), cpu_seconds=cpu_seconds)
     _write_json(metrics_dir / "metrics.json", metrics)
     _write_csv(metrics_dir / "loss.csv", ["step", "train_loss"], [[h["step"], f"{h['loss']:.5f}"]
                                                                   for h in result.history])
@@ -122,7 +125,7 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     vc, ec = cfg.vision, cfg.vision.evaluate
     device = setup(vc.pretrain.loop)
     seed = vc.pretrain.loop.seed
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     classes = list(vc.data.classes)
     pool = load_images(vc.data.manifest, vc.data.pretrain_split, vc.data.max_eval_train_images)
     pool_labels = load_labels(vc.data.manifest, vc.data.pretrain_split, classes, vc.data.max_eval_train_images)
@@ -134,9 +137,11 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     torch.manual_seed(seed)  # the random-init baseline starts where pretraining started
     random_encoder = build_backbone(saved["backbone"], saved["in_channels"], saved["width"]).to(device)
 
+    timings = {"load": time.perf_counter() - start}
     ssl, probe, ssl_features = score_frozen(ssl_encoder, pool, pool_labels, held, held_labels, len(classes), ec,
                                             device, seed)
     rand, _, _ = score_frozen(random_encoder, pool, pool_labels, held, held_labels, len(classes), ec, device, seed)
+    timings["frozen_encoders"] = time.perf_counter() - start - sum(timings.values())
     supervised = {}
     held_tensor = torch.from_numpy(held_labels)
     for fraction in ec.label_fractions:
@@ -144,10 +149,11 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
         torch.manual_seed(seed)
         model = train_supervised(build_backbone(saved["backbone"], saved["in_channels"], saved["width"]),
                                  pool[subset], pool_labels[subset], len(classes), ec.supervised_steps,
-                                 ec.supervised_learning_rate, vc.pretrain.batch_size, vc.pretrain.image_size,
+                                 ec.supervised_learning_rate, ec.supervised_batch_size, vc.pretrain.image_size,
                                  device, seed)
         supervised[f"{fraction:g}"] = float((predict_classes(model, held, device) == held_tensor).float().mean())
 
+    timings["supervised"] = time.perf_counter() - start - sum(timings.values())
     metrics = {
         "method": saved.get("method", ""),
         "held_out_images": len(held), "labelled_pool_images": len(pool),
@@ -170,7 +176,10 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     torch.save({"state_dict": probe.state_dict(), "dim": probe.linear.in_features, "classes": classes},
                staging / probe_path.name)
     replace_dir(staging, probe_path.parent)
+    timings["plots"] = time.perf_counter() - start - sum(timings.values())
     metrics["seconds"] = time.perf_counter() - start
+    metrics["seconds_by_phase"] = timings
+    metrics["cpu_seconds"] = time.process_time() - cpu_start
     _write_json(out_dir / "metrics.json", metrics)
     with open_run(cfg, "evaluate_ssl", params_file, ec) as tracker:
         flat = {"ssl_knn_accuracy": ssl.knn, "random_init_knn_accuracy": rand.knn,
@@ -207,7 +216,8 @@ def _plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], see
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
-    points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
+    points = TSNE(n_components=2, init="pca", perplexity=perplexity, max_iter=500,
+                  random_state=seed).fit_transform(features)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 6), constrained_layout=True)
     for index, name in enumerate(classes):

@@ -71,7 +71,7 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
             monitor.append({"step": step, **stats})
             tracker.log_metrics(stats, step=step)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
+        bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
     bar.close()
     wall = time.perf_counter() - start
     final = monitor[-1]

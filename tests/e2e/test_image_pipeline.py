@@ -1,0 +1,88 @@
+"""The image pipeline with the real `dvc repro`, a real MLflow store and onnxruntime, on the tiny preset, in a
+temporary copy of the repository: validate_images -> pretrain_ssl -> evaluate_ssl -> export_ssl."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_repo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+STAGES = {"validate_images", "pretrain_ssl", "evaluate_ssl", "export_ssl"}
+
+
+def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([str(BIN / cmd[0]), *cmd[1:]], cwd=repo, capture_output=True, text=True, env=env)
+
+
+def _ran(result: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def repo(built_data, tmp_path_factory) -> Path:
+    repo = copy_repo(tmp_path_factory.mktemp("image_pipeline") / "repo")
+    shutil.copytree(built_data, repo / "data")
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace('\npreset: ""\n', "\npreset: tiny\n"))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", "tiny preset"], cwd=repo,
+                   check=True)
+    result = _run(repo, "dvc", "repro", "export_ssl")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert _ran(result) == STAGES
+    return repo
+
+
+def test_every_image_stage_produced_its_outputs(repo):
+    assert json.loads((repo / "artifacts/validation_images/metrics.json").read_text())["passed"] == 1
+    pretrain = json.loads((repo / "artifacts/pretrain_ssl/metrics.json").read_text())
+    assert pretrain["method"] == "simclr" and pretrain["steps"] == 4 and pretrain["collapsed"] == 0
+    assert (repo / "models/ssl/encoder.pt").exists() and (repo / "artifacts/pretrain_ssl/curves.png").exists()
+    evaluation = json.loads((repo / "artifacts/evaluate_ssl/metrics.json").read_text())
+    for encoder in ("ssl", "random_init"):
+        assert 0.0 <= evaluation[encoder]["knn_accuracy"] <= 1.0
+        assert set(evaluation[encoder]["probe_accuracy"]) == {"0.01", "0.1", "1"}
+    assert set(evaluation["supervised_from_scratch"]["accuracy"]) == {"0.01", "0.1", "1"}
+    assert (repo / "artifacts/evaluate_ssl/tsne.png").stat().st_size > 10_000
+    assert (repo / "artifacts/evaluate_ssl/label_efficiency.png").exists()
+    exported = json.loads((repo / "artifacts/export_ssl/metrics.json").read_text())
+    assert exported["label_agreement"] >= 0.999 and exported["max_abs_diff"] < 1e-3
+    assert not (repo / "mlruns").exists()
+
+
+def test_encoder_is_registered_in_mlflow_with_metric_tags(repo):
+    import mlflow
+    import mlflow.onnx
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow/mlflow.db'}")
+    client = mlflow.MlflowClient()
+    (version,) = client.search_model_versions("name='selfsup-image-encoder'")
+    assert float(version.tags["metric.knn_accuracy"]) >= 0.0 and version.tags["modality"] == "image"
+    assert float(version.tags["metric.onnx_label_agreement"]) >= 0.999
+    model = mlflow.onnx.load_model("models:/selfsup-image-encoder/1")
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["embedding", "logits"]
+    runs = client.search_runs([client.get_experiment_by_name("selfsup").experiment_id])
+    pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain_ssl")
+    assert len(client.get_metric_history(pretrain.info.run_id, "train_loss")) == 4
+    assert len(client.get_metric_history(pretrain.info.run_id, "effective_rank")) == 2
+
+
+def test_second_repro_is_a_noop(repo):
+    again = _run(repo, "dvc", "repro", "export_ssl")
+    assert again.returncode == 0 and _ran(again) == set()
+
+
+def test_another_method_is_one_exp_run_away(repo):
+    result = _run(repo, "dvc", "exp", "run", "export_ssl", "-S", "vision.pretrain.method=byol")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _ran(result) == {"pretrain_ssl", "evaluate_ssl", "export_ssl"}
+    assert json.loads((repo / "artifacts/pretrain_ssl/metrics.json").read_text())["method"] == "byol"
