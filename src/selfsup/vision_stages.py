@@ -78,7 +78,8 @@ def pretrain_stage(cfg: Config, params_file: Path) -> dict:
         save_encoder(encoder.cpu().to(memory_format=torch.contiguous_format), staging / "encoder.pt", pc.backbone,
                      pc.width, int(pool.shape[1]), {"method": pc.method, "image_size": pc.image_size})
         replace_dir(staging, Path(pc.out_dir))
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        per_step = {"embedding_std", "effective_rank"}  # already logged as curves, step by step
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in per_step})
         tracker.log_artifact(metrics_dir)
     return metrics
 
