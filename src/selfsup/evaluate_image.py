@@ -65,8 +65,9 @@ class LinearProbe(nn.Module):
 
 
 def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, lr: float,
-                       seed: int) -> LinearProbe:
-    """AdamW on cached features, mini-batches of 256, cosine learning-rate decay."""
+                       seed: int, min_steps: int = 300) -> LinearProbe:
+    """AdamW on cached features, mini-batches of 256, cosine learning-rate decay; at least ``min_steps`` steps, so a
+    probe on 1 % of the labels (one batch per epoch) is trained as far as one on all of them."""
     torch.manual_seed(seed)
     probe = LinearProbe(features.shape[1], num_classes)
     probe.mean.copy_(features.mean(dim=0))
@@ -74,6 +75,7 @@ def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
     batch = min(256, len(features))
     steps_per_epoch = max(1, len(features) // batch)
+    epochs = max(epochs, -(-min_steps // steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
