@@ -102,6 +102,7 @@ def register_onnx(cfg: TrackingConfig, run_id: str, onnx_path: Path, name: str, 
             onnx.load(str(onnx_path)), name="onnx_model", registered_model_name=name,
             pip_requirements=["onnxruntime==1.32.0", "onnx==1.23.2"],
             extra_files=[str(p) for p in extra_files] or None,
+            save_as_external_data=False,  # one self-contained model.onnx, as exported
         )
     version = int(info.registered_model_version)
     all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **tags, "onnx_sha256": fingerprint}
@@ -180,7 +181,9 @@ def download_version(cfg: TrackingConfig, name: str, version: int, dest: Path) -
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
         staged = Path(tmp) / "staged"
         staged.mkdir()
-        shutil.copy(local / "model.onnx", staged / "model.onnx")
+        for item in local.iterdir():  # model.onnx (and any external-data file next to it)
+            if item.is_file() and item.name not in ("MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt"):
+                shutil.copy(item, staged / item.name)
         for extra in (local / "extra_files").iterdir():
             shutil.copy(extra, staged / extra.name)
         if dest.exists():
@@ -197,3 +200,20 @@ def pipeline_run_url(cfg: TrackingConfig, key: str, ui_url: str) -> str | None:
     if not found:
         return None
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{found[0].info.run_id}"
+
+
+@contextlib.contextmanager
+def standalone_run(cfg: TrackingConfig, experiment: str, name: str, tags: dict[str, str]) -> Iterator[MlflowTracker]:
+    """A run outside any pipeline (monitoring, routing) in its own experiment, artifacts under ``mlflow/``."""
+    from dataclasses import replace
+
+    experiment_id = _connect(replace(cfg, experiment=experiment))  # same artifact root: run ids keep them apart
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    tracker = MlflowTracker(run.info.run_id)
+    try:
+        yield tracker
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
