@@ -344,11 +344,11 @@ class RouteConfig:
 
 @dataclass
 class OrchestrationConfig:
-    """Prefect deployments and the local server that runs their schedules (``selfsup orchestrate serve``)."""
+    """Prefect deployments and the local server that runs their schedules (``make serve``)."""
 
     training_cron: str = option("0 2 * * *", help="cron schedule of the training flow (nightly)")
-    monitor_interval_minutes: int = option(15, help="how often the sentiment monitoring flow runs")
-    route_interval_minutes: int = option(5, help="how often the routing flow runs")
+    monitor_interval_minutes: float = option(15.0, help="how often the sentiment monitoring flow runs")
+    route_interval_minutes: float = option(5.0, help="how often the routing flow runs")
     timezone: str = option("UTC", help="time zone of the cron schedule")
     server_host: str = option("127.0.0.1", help="the local Prefect server listens here (ignored if PREFECT_API_URL is set)")
     server_port: int = option(4200, help="port of the local Prefect server")
@@ -357,8 +357,7 @@ class OrchestrationConfig:
 
     def check(self, path: str) -> None:
         _check(len(self.training_cron.split()) == 5, f"{path}.training_cron", "must be a 5-field cron expression")
-        _check(self.monitor_interval_minutes >= 1 and self.route_interval_minutes >= 1, path,
-               "intervals must be >= 1 minute")
+        _check(self.monitor_interval_minutes > 0 and self.route_interval_minutes > 0, path, "intervals must be > 0")
         _check(1 <= self.server_port <= 65535, f"{path}.server_port", "must be a TCP port")
 
 
