@@ -20,7 +20,11 @@ def _connect(cfg: TrackingConfig) -> str:
     artifact location under ``mlflow/`` (a SQLite store would otherwise write ./mlruns)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # absolute, because MLflow keeps one store (and its pooled connections) per URI string for the life of the
+        # process: a relative path would keep pointing at the first project's database after a change of folder
+        path = Path(uri.removeprefix("sqlite:///")).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{path}"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.experiment)
