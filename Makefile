@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test setup data clean-venv
+.PHONY: run test setup data serve train-flow clean-venv
 
 run: data  ## set up, materialize data/, then run the whole pipeline (dvc repro)
 	dvc repro
@@ -33,6 +33,12 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
 	touch $@
+
+serve: setup  ## local Prefect server (127.0.0.1:4200) + the scheduled deployments (flows/deployments.py); Ctrl-C stops
+	python -m flows.deployments
+
+train-flow: setup  ## one run of the training flow now: data, dvc repro stage by stage, quality gate, aliases
+	python -m flows.training
 
 data: setup  ## make data/ byte-identical to data.dvc: dvc pull, else build from the pinned packages
 	selfsup data materialize

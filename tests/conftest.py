@@ -97,3 +97,14 @@ def tiny_config(repo_root):
 
     return load_config(repo_root / "params.yaml", ["preset=tiny", "pretrain.loop.progress=false",
                                                      "finetune.loop.progress=false", "tracking.enabled=false"])
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API for flow tests (temporary SQLite database), started once per session (~10-30 s)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -9,7 +9,9 @@
     selfsup pretrain                               masked-language-model pretraining of the encoder
     selfsup finetune TASK                          fine-tune TASK from the encoder and from scratch
     selfsup evaluate TASK                          test-set metrics and plots for both
-    selfsup export TASK                            ONNX export + parity check + MLflow registration
+    selfsup export TASK                            ONNX export + parity check against PyTorch
+    selfsup register                               register every exported model in the MLflow registry
+    selfsup registry list|gate|promote|rollback    registered versions, the quality gate, champion aliases
     selfsup predict --model DIR [TEXT ...]         classify text with an exported model (onnxruntime only)
     selfsup validate-images                        validate every image in the image manifest (issue 6)
     selfsup pretrain-ssl                           self-supervised image pretraining (vision.pretrain.method)
@@ -269,7 +271,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from selfsup.data.text import read_labelled
     from selfsup.export import ExportParityError, export_classifier
-    from selfsup.tracking import git_commit, open_run
 
     cfg = load_config(args.params, args.overrides)
     spec, task_cfg = _task_spec(cfg, args.task)
@@ -284,29 +285,108 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 1
     metrics_dir = Path("artifacts/export") / args.task
     _write_json(metrics_dir / "metrics.json", asdict(result))
-    registration = {"registered": False}
     if cfg.tracking.enabled:
-        from selfsup.adapters.mlflow import register_onnx
+        from selfsup.tracking import open_run
 
-        evaluation = json.loads((Path("artifacts/evaluate") / args.task / "metrics.json").read_text())
-        name = f"{cfg.export.registered_model_prefix}-{args.task}"
         with open_run(cfg, "export", Path(args.params), cfg.export, task=args.task) as tracker:
             tracker.log_metrics({"onnx_max_abs_logit_diff": result.max_abs_logit_diff,
                                  "onnx_label_agreement": result.label_agreement})
-            eval_metrics = {
-                **{f"test_{k}": v for k, v in evaluation["pretrained"].items()},
-                **{f"scratch_test_{k}": v for k, v in evaluation["scratch"].items()},
-                "onnx_label_agreement": result.label_agreement, "onnx_max_abs_logit_diff": result.max_abs_logit_diff,
-            }
-            tracker.log_metrics(eval_metrics)
-            version = register_onnx(cfg.tracking, tracker.run_id, out_dir / "model.onnx", name, eval_metrics,
-                                    {"task": args.task, "git_commit": git_commit()},
-                                    [out_dir / "tokenizer.json", out_dir / "labels.json", out_dir / "export.json"])
-        registration = {"registered": True, "name": name, "version": version, "run_id": tracker.run_id}
-    _write_json(metrics_dir / "registered.json", registration)
     print(f"{args.task}: exported {out_dir}/model.onnx ({result.onnx_bytes / 1e6:.1f} MB), "
-          f"label agreement {result.label_agreement:.4%}, max |Δlogit| {result.max_abs_logit_diff:.1e}"
-          + (f"; registered {registration['name']} v{registration['version']}" if registration["registered"] else ""))
+          f"label agreement {result.label_agreement:.4%}, max |Δlogit| {result.max_abs_logit_diff:.1e}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """The ``register`` stage: every exported model becomes a registry version (after all exports succeeded)."""
+    from functools import partial
+
+    from selfsup.registry import RegistryError, register_exports
+    from selfsup.tracking import git_commit, open_run
+
+    cfg = load_config(args.params, args.overrides)
+    tasks = list(cfg.data.tasks)
+    out = Path("artifacts/register/registered.json")
+    if not cfg.tracking.enabled:
+        _write_json(out, {"registered": False, "reason": "tracking.enabled is false", "versions": []})
+        print("tracking disabled: nothing registered")
+        return 0
+    try:
+        registrations = register_exports(cfg, tasks, partial(open_run, cfg, "register", Path(args.params), None),
+                                         git_commit())
+    except RegistryError as err:
+        _print_err(str(err))
+        return 1
+    _write_json(out, {"registered": True, "versions": [
+        {"task": r.task, "name": r.name, "version": r.version, "new": r.new, "run_id": r.run_id} for r in registrations]})
+    for r in registrations:
+        print(f"{r.task}: {r.name} v{r.version}" + ("" if r.new else " (this model was already registered)"))
+    return 0
+
+
+def cmd_registry_list(args: argparse.Namespace) -> int:
+    from selfsup.registry import list_versions, model_name, version_metrics
+
+    cfg = load_config(args.params, args.overrides)
+    tasks = [args.task] if args.task else list(cfg.data.tasks)
+    rows = []
+    for task in tasks:
+        for row in list_versions(cfg, task):
+            metrics = version_metrics(row["tags"])
+            rows.append({"model": model_name(cfg, task), "version": row["version"], "aliases": row["aliases"],
+                         "gate": row["tags"].get("gate", "-"), "gate_reason": row["tags"].get("gate_reason", ""),
+                         "test_accuracy": metrics.get("test_accuracy"), "test_macro_f1": metrics.get("test_macro_f1"),
+                         "scratch_test_macro_f1": metrics.get("scratch_test_macro_f1"),
+                         "git_commit": row["tags"].get("git_commit", "")[:12]})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no registered versions (run `make run` or the training flow)")
+        return 0
+    fmt = "{:<20} {:>3}  {:<22} {:<7} {:>6} {:>6} {:>7}  {}"
+    print(fmt.format("model", "v", "aliases", "gate", "acc", "F1", "scr.F1", "gate reason"))
+    for r in rows:
+        num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(fmt.format(r["model"], r["version"], ",".join(r["aliases"]) or "-", r["gate"], num(r["test_accuracy"]),
+                         num(r["test_macro_f1"]), num(r["scratch_test_macro_f1"]), r["gate_reason"][:90]))
+    return 0
+
+
+def cmd_registry_gate(args: argparse.Namespace) -> int:
+    from selfsup.registry import gate_versions
+
+    cfg = load_config(args.params, args.overrides)
+    for task in ([args.task] if args.task else list(cfg.data.tasks)):
+        for d in gate_versions(cfg, task):
+            print(f"{d.name} v{d.version}: gate {'PASSED' if d.verdict.passed else 'FAILED'} — {d.verdict.summary}"
+                  + (f"; aliases: {', '.join(d.aliases)}" if d.aliases else "; no alias"))
+    return 0
+
+
+def cmd_registry_promote(args: argparse.Namespace) -> int:
+    from selfsup.registry import RegistryError, model_name, promote
+
+    cfg = load_config(args.params, args.overrides)
+    try:
+        previous = promote(cfg, args.task, args.version)
+    except RegistryError as err:
+        _print_err(str(err))
+        return 1
+    print(f"{model_name(cfg, args.task)}: champion is now v{args.version}"
+          + (f" (was v{previous}; `selfsup registry rollback {args.task}` undoes this)" if previous else ""))
+    return 0
+
+
+def cmd_registry_rollback(args: argparse.Namespace) -> int:
+    from selfsup.registry import RegistryError, model_name, rollback
+
+    cfg = load_config(args.params, args.overrides)
+    try:
+        old, new = rollback(cfg, args.task)
+    except RegistryError as err:
+        _print_err(str(err))
+        return 1
+    print(f"{model_name(cfg, args.task)}: champion rolled back from v{old} to v{new}")
     return 0
 
 
@@ -439,12 +519,29 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_text in (
         ("finetune", cmd_finetune, "fine-tune TASK from the pretrained encoder and from scratch"),
         ("evaluate", cmd_evaluate, "test-set metrics, confusion matrices and loss curves for TASK"),
-        ("export", cmd_export, "ONNX export of TASK's classifier, parity check, MLflow registration"),
+        ("export", cmd_export, "ONNX export of TASK's classifier and its parity check against PyTorch"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("task", help="a task declared under data.tasks (intent, sentiment, topic)")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a params.yaml value")
         p.set_defaults(func=func)
+    add("register", cmd_register, "register every exported model as a new MLflow registry version")
+    registry = sub.add_parser("registry", help="list, gate, promote and roll back registered models"
+                              ).add_subparsers(dest="registry_cmd", required=True)
+    p = add("list", cmd_registry_list, "registered versions with metrics, gate verdict and aliases", registry)
+    p.add_argument("--task", help="only this task (default: every task)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("gate", cmd_registry_gate, "judge versions without a verdict (what the training flow does)", registry)
+    p.add_argument("--task", help="only this task (default: every task)")
+    p = registry.add_parser("promote", help="make VERSION the champion (only if it passed the gate)")
+    p.add_argument("task")
+    p.add_argument("version", type=int)
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.set_defaults(func=cmd_registry_promote)
+    p = registry.add_parser("rollback", help="move the champion alias back to the previous champion")
+    p.add_argument("task")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.set_defaults(func=cmd_registry_rollback)
     p = sub.add_parser("predict", help="classify text with an exported ONNX model (no torch needed)")
     p.add_argument("--model", required=True, help="an exported model folder, e.g. models/onnx/intent")
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's score")

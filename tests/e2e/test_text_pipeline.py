@@ -75,7 +75,7 @@ def test_mlflow_has_runs_tags_curves_and_registered_onnx_models(repo):
     experiment = client.get_experiment_by_name("selfsup")
     runs = client.search_runs([experiment.experiment_id])
     stages = {r.data.tags["stage"] for r in runs}
-    assert {"pipeline", "tokenizer", "pretrain_mlm", "finetune", "evaluate", "export"} <= stages
+    assert {"pipeline", "tokenizer", "pretrain_mlm", "finetune", "evaluate", "export", "register"} <= stages
     pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain_mlm")
     assert pretrain.data.tags["dvc_data_hash"].endswith(".dir")
     assert len(pretrain.data.tags["git_commit"]) >= 40
@@ -87,6 +87,7 @@ def test_mlflow_has_runs_tags_curves_and_registered_onnx_models(repo):
         assert len(versions) == 1
         assert float(versions[0].tags["metric.test_accuracy"]) >= 0.0
         assert float(versions[0].tags["metric.onnx_label_agreement"]) >= 0.999
+        assert len(versions[0].tags["onnx_sha256"]) == 64 and "gate" not in versions[0].tags  # gating: the flow
     import mlflow.onnx
 
     registered = mlflow.onnx.load_model("models:/selfsup-intent/1")
@@ -119,7 +120,7 @@ def test_changing_one_task_reruns_only_that_task(repo):
     result = _run(repo, "dvc", "repro")
     assert result.returncode == 0, result.stderr[-3000:]
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"finetune@intent", "evaluate@intent", "export@intent"}
+    assert ran == {"finetune@intent", "evaluate@intent", "export@intent", "register"}
     client = _registry(repo)
     assert len(client.search_model_versions("name='selfsup-intent'")) == 2
     assert len(client.search_model_versions("name='selfsup-sentiment'")) == 1

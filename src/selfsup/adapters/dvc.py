@@ -42,3 +42,17 @@ def commit_to_cache(root: Path, target: str = "data.dvc") -> None:
     """Store the (already matching) workspace data in the DVC cache so ``dvc push`` has it."""
     with _repo(root) as repo:
         repo.commit(target, force=True)
+
+
+def pipeline_stages(root: Path) -> list[str]:
+    """The stages of ``dvc.yaml`` in an order DVC can run them one by one (dependencies first; ties in the order
+    they are declared). ``dvc.yaml`` stays the one definition of the pipeline: callers never list stages."""
+    import networkx as nx
+    from dvc.stage import PipelineStage
+
+    with _repo(root) as repo:
+        stages = [s for s in repo.index.stages if isinstance(s, PipelineStage)]
+        declared = {stage.addressing: i for i, stage in enumerate(stages)}
+        graph = repo.index.graph.reverse(copy=True)  # DVC's edges point from a stage to what it depends on
+        ordered = nx.lexicographical_topological_sort(graph, key=lambda s: f"{declared.get(s.addressing, -1):06d}")
+        return [stage.addressing for stage in ordered if isinstance(stage, PipelineStage)]

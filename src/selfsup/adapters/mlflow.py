@@ -20,7 +20,11 @@ def _connect(cfg: TrackingConfig) -> str:
     artifact location under ``mlflow/`` (a SQLite store would otherwise write ./mlruns)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # absolute, because MLflow keeps one store (and its pooled connections) per URI string for the life of the
+        # process: a relative path would keep pointing at the first project's database after a change of folder
+        path = Path(uri.removeprefix("sqlite:///")).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{path}"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.experiment)
@@ -85,19 +89,135 @@ def stage_run(cfg: TrackingConfig, name: str, tags: dict[str, str]) -> Iterator[
 
 
 def register_onnx(cfg: TrackingConfig, run_id: str, onnx_path: Path, name: str, metrics: dict[str, float],
-                  tags: dict[str, str], extra_files: list[Path]) -> int:
-    """Log the ONNX model to ``run_id`` and register it as a new version of ``name``; returns the version."""
+                  tags: dict[str, str], extra_files: list[Path], fingerprint: str) -> tuple[int, bool]:
+    """Log the ONNX model to ``run_id`` and register it as a new version of ``name``; returns ``(version, new)``.
+
+    ``fingerprint`` (the SHA-256 of the ONNX file) is stored as the version tag ``onnx_sha256``; a model already
+    registered under ``name`` with the same fingerprint is not registered again (``new`` is False)."""
     import onnx
 
     _connect(cfg)
+    client = MlflowClient()
+    for existing in _search_versions(client, name):
+        if existing.tags.get("onnx_sha256") == fingerprint:
+            return int(existing.version), False
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(
             onnx.load(str(onnx_path)), name="onnx_model", registered_model_name=name,
             pip_requirements=["onnxruntime==1.32.0", "onnx==1.23.2"],
             extra_files=[str(p) for p in extra_files] or None,
+            save_as_external_data=False,  # one self-contained model.onnx, as exported
         )
-    client = MlflowClient()
     version = int(info.registered_model_version)
-    for key, value in {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **tags}.items():
+    all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **tags, "onnx_sha256": fingerprint}
+    for key, value in all_tags.items():
         client.set_model_version_tag(name, str(version), key, str(value))
-    return version
+    return version, True
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+
+def _search_versions(client: MlflowClient, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        return []
+
+
+def model_versions(cfg: TrackingConfig, name: str) -> list[dict[str, Any]]:
+    """Every version of ``name``, oldest first: version, tags, aliases, run_id, created (ms since the epoch)."""
+    _connect(cfg)
+    client = MlflowClient()
+    aliases: dict[int, list[str]] = {}
+    try:
+        for alias, version in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(int(version), []).append(alias)
+    except mlflow.exceptions.MlflowException:
+        return []
+    rows = [{"name": name, "version": int(v.version), "tags": dict(v.tags), "aliases": sorted(aliases.get(int(v.version), [])),
+             "run_id": v.run_id, "created": int(v.creation_timestamp or 0)} for v in _search_versions(client, name)]
+    return sorted(rows, key=lambda row: row["version"])
+
+
+def alias_version(cfg: TrackingConfig, name: str, alias: str) -> int | None:
+    _connect(cfg)
+    try:
+        return int(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(cfg: TrackingConfig, name: str, alias: str, version: int) -> None:
+    _connect(cfg)
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def set_version_tags(cfg: TrackingConfig, name: str, version: int, tags: dict[str, str]) -> None:
+    _connect(cfg)
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def model_tag(cfg: TrackingConfig, name: str, key: str) -> str | None:
+    _connect(cfg)
+    return MlflowClient().get_registered_model(name).tags.get(key)
+
+
+def set_model_tag(cfg: TrackingConfig, name: str, key: str, value: str) -> None:
+    _connect(cfg)
+    MlflowClient().set_registered_model_tag(name, key, value)
+
+
+def download_version(cfg: TrackingConfig, name: str, version: int, dest: Path) -> Path:
+    """Download version ``version`` of ``name`` into ``dest`` as a folder ``selfsup predict`` can load (model.onnx
+    next to tokenizer.json, labels.json and export.json)."""
+    import shutil
+    import tempfile
+
+    _connect(cfg)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
+        staged = Path(tmp) / "staged"
+        staged.mkdir()
+        for item in local.iterdir():  # model.onnx (and any external-data file next to it)
+            if item.is_file() and item.name not in ("MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt"):
+                shutil.copy(item, staged / item.name)
+        for extra in (local / "extra_files").iterdir():
+            shutil.copy(extra, staged / extra.name)
+        if dest.exists():
+            shutil.rmtree(dest)
+        staged.rename(dest)
+    return dest
+
+
+def pipeline_run_url(cfg: TrackingConfig, key: str, ui_url: str) -> str | None:
+    """The `mlflow ui` address of the pipeline (parent) run with ``pipeline_key == key``, if it exists."""
+    experiment_id = _connect(cfg)
+    found = MlflowClient().search_runs([experiment_id], filter_string=f"tags.pipeline_key = '{key}' and "
+                                                                      "tags.stage = 'pipeline'", max_results=1)
+    if not found:
+        return None
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{found[0].info.run_id}"
+
+
+@contextlib.contextmanager
+def standalone_run(cfg: TrackingConfig, experiment: str, name: str, tags: dict[str, str]) -> Iterator[MlflowTracker]:
+    """A run outside any pipeline (monitoring, routing) in its own experiment, artifacts under ``mlflow/``."""
+    from dataclasses import replace
+
+    experiment_id = _connect(replace(cfg, experiment=experiment))  # same artifact root: run ids keep them apart
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    tracker = MlflowTracker(run.info.run_id)
+    try:
+        yield tracker
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")

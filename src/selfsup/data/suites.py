@@ -8,6 +8,7 @@ files (one row per text, with derived columns such as ``utf8_valid`` or ``n_spli
 * ``labelled`` — each split file of each labelled task, one row per CSV row
 * ``classes``  — per split file, one row per declared label with its count (row = label)
 * ``splits``   — per task, all split files together, with the number of splits each text occurs in
+* ``batch``    — an incoming batch of texts for a flow to score (monitoring, routing), one row per CSV row
 
 Nothing here imports Great Expectations; ``selfsup.adapters.gx`` turns these declarations into expectations.
 """
@@ -77,6 +78,9 @@ RULES: tuple[Rule, ...] = (
          lambda r, _: {"column": "n_splits", "max_value": 1},
          "the same text (case/space-insensitive) is in more than one split", "text"),
 )
+
+
+RULES += tuple(Rule(name, "batch", exp, kw, explain, col) for name, exp, kw, explain, col in _TEXT_RULES)
 
 
 def rules_for(table: str, rules: TableRules) -> list[Rule]:

@@ -158,6 +158,62 @@ def read_labelled(path: Path, task: str, rules: TableRules, labels: list[str]) -
     return Table(f"{task}/{path.stem}", "labelled", columns, locations, rules, labels)
 
 
+SEGMENT_COLUMNS = ("segment", "topic", "source")  # optional grouping column of an incoming batch, first found wins
+
+
+def read_batch(path: Path, rules: TableRules) -> Table:
+    """An incoming batch (CSV with a ``text`` column; optional ``id`` and a segment column) as a table."""
+    if not path.is_file():
+        raise DataFileError(f"{path}: batch file not found")
+    content = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(content, newline=""))
+    header = next(reader, None)
+    if header is None or "text" not in header:
+        raise DataFileError(f"{path} row 0 (header): rule 'columns' broken — expected a text column, got {header}")
+    index = {name: header.index(name) for name in ("text", "id", *SEGMENT_COLUMNS) if name in header}
+    segment = next((name for name in SEGMENT_COLUMNS if name in index), None)
+    columns: dict[str, list[Any]] = {name: [] for name in ("text", "id", "segment", "utf8_valid", "well_formed", "raw")}
+    locations = []
+    for row_no, row in enumerate(reader, start=1):
+        ok = all(not any("\udc80" <= ch <= "\udcff" for ch in cell) for cell in row)
+        if not ok:
+            row = [cell.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for cell in row]
+        cell = lambda name: row[index[name]] if name in index and index[name] < len(row) else None  # noqa: E731
+        columns["text"].append(cell("text"))
+        columns["id"].append(cell("id") if "id" in index else str(row_no))
+        columns["segment"].append(cell(segment) if segment else None)
+        columns["utf8_valid"].append(ok)
+        columns["well_formed"].append(len(row) == len(header))
+        columns["raw"].append(",".join(row)[:200])
+        locations.append((str(path), f"row {row_no}"))
+    texts = columns.pop("text")
+    columns = {**_text_columns(texts), **columns}
+    return Table(path.name, "batch", columns, locations, rules)
+
+
+def validate_batch(path: Path, rules: TableRules, min_rows: int) -> tuple[Table | None, list[Failure]]:
+    """Check one incoming batch with the ``batch`` suite; returns the table (None if unreadable) and failures."""
+    from selfsup.adapters import gx
+
+    try:
+        table = read_batch(path, rules)
+    except DataFileError as err:
+        return None, [Failure("columns", str(path), "row 0", None, str(err))]
+    if len(table.locations) < min_rows:
+        return table, [Failure("min_rows", str(path), f"row {len(table.locations)}", len(table.locations),
+                               f"the batch has {len(table.locations)} rows, fewer than min_rows={min_rows}")]
+    (run,) = gx.run_suites([(table.name, table.columns, [(r, r.kwargs(rules, [])) for r in rules_for("batch", rules)])])
+    failures = []
+    for result in run.results:
+        if not result.success:
+            column = table.columns.get(result.rule.column, table.columns["text"])
+            for i in result.unexpected_index:
+                file, where = table.locations[i]
+                failures.append(Failure(result.rule.name, file, where, column[i], result.rule.explain))
+    failures.sort(key=lambda f: (_row_order(f.where), f.rule))
+    return table, failures
+
+
 def class_count_table(table: Table, path: Path) -> Table:
     counts = {label: 0 for label in table.labels}
     for label in table.columns["label"]:
