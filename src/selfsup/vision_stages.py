@@ -301,11 +301,15 @@ def register_image_encoder(cfg: Config, run_id: str, out_dir: Path, metrics: dic
     """Register the exported model as a new version of ``vision.export.registered_model`` with its metrics as
     version tags; returns the version (the seam for the promotion gate / aliases)."""
     from selfsup.adapters.mlflow import register_onnx
+    from selfsup.registry import sha256_file
     from selfsup.tracking import git_commit
 
-    return register_onnx(cfg.tracking, run_id, out_dir / "model.onnx", cfg.vision.export.registered_model, metrics,
-                         {"git_commit": git_commit(), "modality": "image", "method": cfg.vision.pretrain.method},
-                         [out_dir / "classes.json", out_dir / "export.json"])
+    version, _ = register_onnx(cfg.tracking, run_id, out_dir / "model.onnx", cfg.vision.export.registered_model,
+                               metrics, {"git_commit": git_commit(), "modality": "image",
+                                         "method": cfg.vision.pretrain.method},
+                               [out_dir / "classes.json", out_dir / "export.json"],
+                               fingerprint=sha256_file(out_dir / "model.onnx"))
+    return version
 
 
 def export_stage(cfg: Config, params_file: Path) -> dict:
