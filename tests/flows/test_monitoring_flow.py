@@ -15,7 +15,7 @@ import pytest
 from conftest import copy_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
-BATCH_ROWS = 100
+BATCH_ROWS = 200  # large enough that a normal batch's share stays within a few points of the baseline
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -122,8 +122,8 @@ def test_monitoring_alerts_once_on_the_surge_and_quarantines_the_malformed_batch
     for i in range(1, 9):
         name = f"2026-11-24T{i:02d}00.csv"
         names.append(name)
-        if i == 5:  # the injected surge: 90 % of the batch are negative tweets
-            rows = rng.sample(negative, 90) + rng.sample(texts, BATCH_ROWS - 90)
+        if i == 5:  # the injected surge: 95 % of the batch are negative tweets
+            rows = rng.sample(negative, 190) + rng.sample(texts, BATCH_ROWS - 190)
         else:  # the test split's own mix
             rows = rng.sample(texts, BATCH_ROWS)
         _write_batch(inbox / name, [(t, _source(t)) for t in rows])
