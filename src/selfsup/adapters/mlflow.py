@@ -74,18 +74,24 @@ def _pipeline_parent(client: MlflowClient, experiment_id: str, tags: dict[str, s
 
 
 @contextlib.contextmanager
+def _ended(client: MlflowClient, run_id: str) -> Iterator[MlflowTracker]:
+    """Track into ``run_id``; the run ends FINISHED, or FAILED when the body raises."""
+    try:
+        yield MlflowTracker(run_id)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+@contextlib.contextmanager
 def stage_run(cfg: TrackingConfig, name: str, tags: dict[str, str]) -> Iterator[MlflowTracker]:
     experiment_id = _connect(cfg)
     client = MlflowClient()
     parent = _pipeline_parent(client, experiment_id, tags)
     run = client.create_run(experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent})
-    tracker = MlflowTracker(run.info.run_id)
-    try:
+    with _ended(client, run.info.run_id) as tracker:
         yield tracker
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id, "FINISHED")
 
 
 def register_onnx(cfg: TrackingConfig, run_id: str, onnx_path: Path, name: str, metrics: dict[str, float],
@@ -214,10 +220,5 @@ def standalone_run(cfg: TrackingConfig, experiment: str, name: str, tags: dict[s
     experiment_id = _connect(replace(cfg, experiment=experiment))  # same artifact root: run ids keep them apart
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=name, tags=tags)
-    tracker = MlflowTracker(run.info.run_id)
-    try:
+    with _ended(client, run.info.run_id) as tracker:
         yield tracker
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    client.set_terminated(run.info.run_id, "FINISHED")
