@@ -145,15 +145,14 @@ def gate_versions(cfg: Config, task: str, context: dict[str, str] | None = None)
 
     name = model_name(cfg, task)
     decisions = []
-    for row in registry.model_versions(cfg.tracking, name):
+    rows = registry.model_versions(cfg.tracking, name)
+    metrics_of = {row["version"]: version_metrics(row["tags"]) for row in rows}  # metric tags never change
+    for row in rows:
         if "gate" in row["tags"]:
             continue
-        champion = registry.alias_version(cfg.tracking, name, CHAMPION)
-        champion_metrics = None
-        if champion is not None:
-            (champion_row,) = [r for r in registry.model_versions(cfg.tracking, name) if r["version"] == champion]
-            champion_metrics = version_metrics(champion_row["tags"])
-        verdict = judge(task, version_metrics(row["tags"]), champion_metrics, cfg.gate, cfg.export)
+        champion = registry.alias_version(cfg.tracking, name, CHAMPION)  # may have moved in an earlier iteration
+        champion_metrics = None if champion is None else metrics_of[champion]
+        verdict = judge(task, metrics_of[row["version"]], champion_metrics, cfg.gate, cfg.export)
         registry.set_version_tags(cfg.tracking, name, row["version"], {
             "gate": "passed" if verdict.passed else "failed", "gate_reason": verdict.summary[:5000],
             "gate_checked_at": _now(), **(context or {})})
