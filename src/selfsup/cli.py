@@ -323,11 +323,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-# ``registry list`` columns per kind of model: (JSON key, version metric tag, table header)
-_TEXT_COLUMNS = (("test_accuracy", "test_accuracy", "acc"), ("test_macro_f1", "test_macro_f1", "F1"),
-                 ("scratch_test_macro_f1", "scratch_test_macro_f1", "scr.F1"))
-_IMAGE_COLUMNS = (("knn_accuracy", "knn_accuracy", "kNN"), ("probe_accuracy", "probe_accuracy", "probe"),
-                  ("random_init_knn_accuracy", "random_init_knn_accuracy", "rnd.kNN"))
+# ``registry list`` columns per kind of model: (version metric, table header)
+_TEXT_COLUMNS = (("test_accuracy", "acc"), ("test_macro_f1", "F1"), ("scratch_test_macro_f1", "scr.F1"))
+_IMAGE_COLUMNS = (("knn_accuracy", "kNN"), ("probe_accuracy", "probe"), ("random_init_knn_accuracy", "rnd.kNN"))
 
 
 def _registry_tasks(cfg, task: str | None) -> list[str]:
@@ -358,7 +356,7 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
             rows.append({"model": model_name(cfg, task), "task": task, "version": row["version"],
                          "aliases": row["aliases"], "gate": row["tags"].get("gate", "-"),
                          "gate_reason": row["tags"].get("gate_reason", ""),
-                         **{key: metrics.get(tag) for key, tag, _ in columns},
+                         **{key: metrics.get(key) for key, _ in columns},
                          "git_commit": row["tags"].get("git_commit", "")[:12]})
         if groups and groups[-1][0] is columns:
             groups[-1][1].extend(rows)
@@ -375,10 +373,10 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
     for index, (columns, rows) in enumerate(r for r in groups if r[1]):
         if index:
             print()
-        print(fmt.format("model", "v", "aliases", "gate", *(header for _, _, header in columns), "gate reason"))
+        print(fmt.format("model", "v", "aliases", "gate", *(header for _, header in columns), "gate reason"))
         for r in rows:
             print(fmt.format(r["model"], r["version"], ",".join(r["aliases"]) or "-", r["gate"],
-                             *(num(r[key]) for key, _, _ in columns), r["gate_reason"][:90]))
+                             *(num(r[key]) for key, _ in columns), r["gate_reason"][:90]))
     return 0
 
 
