@@ -7,9 +7,10 @@ Parameters come from the project's ``params.yaml`` only (the file DVC tracks); t
 
 One Prefect task per ``dvc.yaml`` stage, in the order DVC resolves (``dvc.yaml`` stays the only pipeline
 definition; DVC decides what is up to date, so a second run with nothing changed trains nothing). Then every
-version the ``register`` stage added is judged by the gate (``params.yaml`` ``gate``): passing versions get the
-alias ``challenger``, and ``champion`` when they beat the current one; failing ones keep their reasons as tags and
-get no alias. A failing stage fails the flow with the stage's own error output, before anything is gated.
+version the ``register`` stage added (text models and the image encoder) is judged by the gate (``params.yaml``
+``gate``; ``gate.image`` for the image encoder): passing versions get the alias ``challenger``, and ``champion``
+when they beat the current one; failing ones keep their reasons as tags and get no alias. A failing stage fails
+the flow with the stage's own error output, before anything is gated.
 
 Retries: only the I/O tasks (fetching data from the DVC remote / the pinned packages, MLflow registry calls), with
 exponential backoff. Training stages are never retried: they fail the same way twice.
@@ -79,7 +80,7 @@ def _run(cmd: list[str], root: Path, label: str) -> str:
       retry_condition_fn=retry_on_io)
 def gate_and_promote(params: str, context: dict[str, str]) -> list[dict]:
     from selfsup.config import load_config
-    from selfsup.registry import gate_versions
+    from selfsup.registry import gate_versions, registry_tasks
 
     logger = get_run_logger()
     cfg = load_config(params)
@@ -87,7 +88,7 @@ def gate_and_promote(params: str, context: dict[str, str]) -> list[dict]:
         logger.warning("tracking.enabled is false: nothing registered, nothing to gate")
         return []
     rows = []
-    for task_name in cfg.data.tasks:
+    for task_name in registry_tasks(cfg):  # the text tasks, then the image encoder
         for decision in gate_versions(cfg, task_name, context):
             rows.append({"task": task_name, "model": decision.name, "version": decision.version,
                          "passed": decision.verdict.passed, "reason": decision.verdict.summary,

@@ -15,6 +15,9 @@ def test_every_method_is_one_override_away(repo_root):
     ("vision.evaluate.label_fractions=[0.1]", "must include 1.0"),
     ("vision.data.eval_split=train", "vision.data.eval_split: must differ"),
     ("vision.pretrain.widht=3", "unknown key(s) vision.pretrain.widht"),
+    ("gate.image.metric=macro_f1", "gate.image.metric: must be one of ['knn_accuracy', 'probe_accuracy']"),
+    ("gate.image.min_knn_accuracy=75", "gate.image.min_knn_accuracy: must be in [0, 1]"),
+    ("data.tasks.image-encoder={dir: data/x, labels: [a, b]}", "data.tasks.image-encoder: this task name is reserved"),
 ])
 def test_bad_vision_values_name_their_key(repo_root, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)").replace("[", "\\[")):

@@ -10,13 +10,13 @@
     selfsup finetune TASK                          fine-tune TASK from the encoder and from scratch
     selfsup evaluate TASK                          test-set metrics and plots for both
     selfsup export TASK                            ONNX export + parity check against PyTorch
-    selfsup register                               register every exported model in the MLflow registry
+    selfsup register                               register every exported model (text and image) in MLflow
     selfsup registry list|gate|promote|rollback    registered versions, the quality gate, champion aliases
     selfsup predict --model DIR [TEXT ...]         classify text with an exported model (onnxruntime only)
     selfsup validate-images                        validate every image in the image manifest (issue 6)
     selfsup pretrain-ssl                           self-supervised image pretraining (vision.pretrain.method)
     selfsup evaluate-ssl                           kNN / linear probe vs random init and supervised, plots
-    selfsup export-ssl                             image encoder + probe to ONNX, parity check, registration
+    selfsup export-ssl                             image encoder + probe to ONNX, parity check
 
 Every command reads ``--params`` (default ``params.yaml``) and accepts ``key.path=value`` overrides.
 Exit codes: 0 ok, 1 the stage ran and failed its checks, 2 bad usage or configuration.
@@ -300,11 +300,11 @@ def cmd_register(args: argparse.Namespace) -> int:
     """The ``register`` stage: every exported model becomes a registry version (after all exports succeeded)."""
     from functools import partial
 
-    from selfsup.registry import RegistryError, register_exports
+    from selfsup.registry import RegistryError, register_exports, registry_tasks
     from selfsup.tracking import git_commit, open_run
 
     cfg = load_config(args.params, args.overrides)
-    tasks = list(cfg.data.tasks)
+    tasks = registry_tasks(cfg)
     out = Path("artifacts/register/registered.json")
     if not cfg.tracking.enabled:
         _write_json(out, {"registered": False, "reason": "tracking.enabled is false", "versions": []})
@@ -323,40 +323,73 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``registry list`` columns per kind of model: (version metric, table header)
+_TEXT_COLUMNS = (("test_accuracy", "acc"), ("test_macro_f1", "F1"), ("scratch_test_macro_f1", "scr.F1"))
+_IMAGE_COLUMNS = (("knn_accuracy", "kNN"), ("probe_accuracy", "probe"), ("random_init_knn_accuracy", "rnd.kNN"))
+
+
+def _registry_tasks(cfg, task: str | None) -> list[str]:
+    from selfsup.registry import check_task, registry_tasks
+
+    if task is None:
+        return registry_tasks(cfg)
+    check_task(cfg, task)
+    return [task]
+
+
 def cmd_registry_list(args: argparse.Namespace) -> int:
-    from selfsup.registry import list_versions, model_name, version_metrics
+    from selfsup.config import IMAGE_TASK
+    from selfsup.registry import RegistryError, list_versions, model_name, version_metrics
 
     cfg = load_config(args.params, args.overrides)
-    tasks = [args.task] if args.task else list(cfg.data.tasks)
-    rows = []
+    try:
+        tasks = _registry_tasks(cfg, args.task)
+    except RegistryError as err:
+        _print_err(str(err))
+        return 2
+    groups = []  # one table per kind of model, so every column means one thing
     for task in tasks:
+        columns = _IMAGE_COLUMNS if task == IMAGE_TASK else _TEXT_COLUMNS
+        rows = []
         for row in list_versions(cfg, task):
             metrics = version_metrics(row["tags"])
-            rows.append({"model": model_name(cfg, task), "version": row["version"], "aliases": row["aliases"],
-                         "gate": row["tags"].get("gate", "-"), "gate_reason": row["tags"].get("gate_reason", ""),
-                         "test_accuracy": metrics.get("test_accuracy"), "test_macro_f1": metrics.get("test_macro_f1"),
-                         "scratch_test_macro_f1": metrics.get("scratch_test_macro_f1"),
+            rows.append({"model": model_name(cfg, task), "task": task, "version": row["version"],
+                         "aliases": row["aliases"], "gate": row["tags"].get("gate", "-"),
+                         "gate_reason": row["tags"].get("gate_reason", ""),
+                         **{key: metrics.get(key) for key, _ in columns},
                          "git_commit": row["tags"].get("git_commit", "")[:12]})
+        if groups and groups[-1][0] is columns:
+            groups[-1][1].extend(rows)
+        else:
+            groups.append((columns, rows))
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps([row for _, rows in groups for row in rows], indent=1))
         return 0
-    if not rows:
+    if not any(rows for _, rows in groups):
         print("no registered versions (run `make run` or the training flow)")
         return 0
-    fmt = "{:<20} {:>3}  {:<22} {:<7} {:>6} {:>6} {:>7}  {}"
-    print(fmt.format("model", "v", "aliases", "gate", "acc", "F1", "scr.F1", "gate reason"))
-    for r in rows:
-        num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        print(fmt.format(r["model"], r["version"], ",".join(r["aliases"]) or "-", r["gate"], num(r["test_accuracy"]),
-                         num(r["test_macro_f1"]), num(r["scratch_test_macro_f1"]), r["gate_reason"][:90]))
+    fmt = "{:<22} {:>3}  {:<20} {:<6} {:>7} {:>7} {:>7}  {}"
+    num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for index, (columns, rows) in enumerate(r for r in groups if r[1]):
+        if index:
+            print()
+        print(fmt.format("model", "v", "aliases", "gate", *(header for _, header in columns), "gate reason"))
+        for r in rows:
+            print(fmt.format(r["model"], r["version"], ",".join(r["aliases"]) or "-", r["gate"],
+                             *(num(r[key]) for key, _ in columns), r["gate_reason"][:90]))
     return 0
 
 
 def cmd_registry_gate(args: argparse.Namespace) -> int:
-    from selfsup.registry import gate_versions
+    from selfsup.registry import RegistryError, gate_versions
 
     cfg = load_config(args.params, args.overrides)
-    for task in ([args.task] if args.task else list(cfg.data.tasks)):
+    try:
+        tasks = _registry_tasks(cfg, args.task)
+    except RegistryError as err:
+        _print_err(str(err))
+        return 2
+    for task in tasks:
         for d in gate_versions(cfg, task):
             print(f"{d.name} v{d.version}: gate {'PASSED' if d.verdict.passed else 'FAILED'} — {d.verdict.summary}"
                   + (f"; aliases: {', '.join(d.aliases)}" if d.aliases else "; no alias"))
@@ -469,7 +502,7 @@ def cmd_export_ssl(args: argparse.Namespace) -> int:
         _print_err(str(err))
         return 1
     print(f"exported {m['onnx_path']} ({m['onnx_bytes'] / 1e6:.2f} MB): label agreement {m['label_agreement']:.4%}, "
-          f"max |diff| {m['max_abs_diff']:.1e}" + (f"; registered {m['name']} v{m['version']}" if m["registered"] else ""))
+          f"max |diff| {m['max_abs_diff']:.1e}")
     return 0
 
 
@@ -528,18 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("register", cmd_register, "register every exported model as a new MLflow registry version")
     registry = sub.add_parser("registry", help="list, gate, promote and roll back registered models"
                               ).add_subparsers(dest="registry_cmd", required=True)
+    task_help = "a task in data.tasks (intent, sentiment, topic) or image-encoder"
     p = add("list", cmd_registry_list, "registered versions with metrics, gate verdict and aliases", registry)
-    p.add_argument("--task", help="only this task (default: every task)")
+    p.add_argument("--task", help=f"only this task: {task_help} (default: every task)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("gate", cmd_registry_gate, "judge versions without a verdict (what the training flow does)", registry)
-    p.add_argument("--task", help="only this task (default: every task)")
+    p.add_argument("--task", help=f"only this task: {task_help} (default: every task)")
     p = registry.add_parser("promote", help="make VERSION the champion (only if it passed the gate)")
-    p.add_argument("task")
+    p.add_argument("task", help=task_help)
     p.add_argument("version", type=int)
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.set_defaults(func=cmd_registry_promote)
     p = registry.add_parser("rollback", help="move the champion alias back to the previous champion")
-    p.add_argument("task")
+    p.add_argument("task", help=task_help)
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.set_defaults(func=cmd_registry_rollback)
     p = sub.add_parser("predict", help="classify text with an exported ONNX model (no torch needed)")
@@ -551,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("validate-images", cmd_validate_images, "validate every image in the image manifest (Great Expectations)")
     add("pretrain-ssl", cmd_pretrain_ssl, "self-supervised image pretraining with vision.pretrain.method")
     add("evaluate-ssl", cmd_evaluate_ssl, "kNN / linear-probe accuracy vs random init and supervised; plots")
-    add("export-ssl", cmd_export_ssl, "image encoder + probe to ONNX, parity check, MLflow registration")
+    add("export-ssl", cmd_export_ssl, "image encoder + probe to ONNX and its parity check against PyTorch")
     return parser
 
 

@@ -413,7 +413,8 @@ class SSLExportConfig:
     max_abs_diff: float = option(1e-3, help="fail if any embedding or logit differs from PyTorch by more")
     min_label_agreement: float = option(0.999, help="fail if fewer held-out predictions agree with PyTorch")
     parity_images: int = option(1000, help="held-out images the parity check scores")
-    registered_model: str = option("selfsup-image-encoder", help="MLflow registered model name")
+    registered_model: str = option("selfsup-image-encoder", help="MLflow registered model name (the task "
+                                                             "`image-encoder` of `selfsup registry`)")
 
     def check(self, path: str) -> None:
         _check(self.max_abs_diff > 0, f"{path}.max_abs_diff", "must be > 0")
@@ -444,18 +445,48 @@ class TaskGate:
         _check(0.0 <= self.min_macro_f1 <= 1.0, f"{path}.min_macro_f1", "must be in [0, 1]")
 
 
+IMAGE_TASK = "image-encoder"  # the image encoder among the registry's tasks: `selfsup registry ... image-encoder`
+IMAGE_GATE_METRICS = ("knn_accuracy", "probe_accuracy")
+
+
+@dataclass
+class ImageGate:
+    """The gate for the image encoder (``vision.export.registered_model``), on held-out accuracies from
+    ``evaluate_ssl``. Collapse uses ``vision.pretrain.min_embedding_std`` / ``min_effective_rank`` and ONNX parity
+    ``vision.export.max_abs_diff`` / ``min_label_agreement`` (one value, one place)."""
+
+    metric: str = option("knn_accuracy", help="held-out metric image champions are compared on: knn_accuracy or "
+                                              "probe_accuracy (the exported probe, trained on every pool label)")
+    min_knn_accuracy: float = option(0.0, help="a version with a lower held-out kNN accuracy fails the gate")
+    min_probe_accuracy: float = option(0.0, help="a version whose exported linear probe (100 % of the labels) has "
+                                                 "a lower held-out accuracy fails the gate")
+    min_pretraining_gain: float | None = option(
+        0.0, help="kNN accuracy of the pretrained encoder minus the same encoder at random init must exceed this "
+                  "(null: not required)")
+    champion_tolerance: float = option(
+        0.02, help="a new image encoder may be at most this much worse than the current champion (on `metric`)")
+
+    def check(self, path: str) -> None:
+        _check(self.metric in IMAGE_GATE_METRICS, f"{path}.metric",
+               f"must be one of {list(IMAGE_GATE_METRICS)}, got {self.metric!r}")
+        for name in ("min_knn_accuracy", "min_probe_accuracy"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"{path}.{name}", "must be in [0, 1]")
+        _check(self.champion_tolerance >= 0, f"{path}.champion_tolerance", "must be >= 0")
+
+
 @dataclass
 class GateConfig:
     """The quality gate the training flow applies to each newly registered version before it may get an alias.
 
     ONNX parity uses ``export.min_label_agreement`` / ``export.max_abs_logit_diff`` (one value, one place)."""
 
-    metric: str = option("macro_f1", help="test metric champions are compared on: accuracy or macro_f1")
+    metric: str = option("macro_f1", help="text models: test metric champions are compared on: accuracy or macro_f1")
     champion_tolerance: float = option(
         0.02, help="a new version may be at most this much worse than the current champion (on `metric`)")
     min_pretraining_gain: float | None = option(
         0.0, help="the pretrained model must beat the from-scratch baseline by more than this (null: not required)")
     tasks: dict[str, TaskGate] = option(default_factory=dict, help="minimum quality per task (missing task: no minimum)")
+    image: ImageGate = option(default_factory=ImageGate, help="the gate for the image encoder (issue 6)")
 
     def check(self, path: str) -> None:
         _check(self.metric in ("accuracy", "macro_f1"), f"{path}.metric", f"must be accuracy or macro_f1, got {self.metric!r}")
@@ -581,6 +612,8 @@ class Config:
                    f"must be <= pretrain.model.max_position ({self.pretrain.model.max_position})")
         unknown = sorted(set(self.gate.tasks) - set(self.data.tasks))
         _check(not unknown, "gate.tasks", f"thresholds for undeclared tasks {unknown}; declared: {declared}")
+        _check(IMAGE_TASK not in self.data.tasks, f"data.tasks.{IMAGE_TASK}",
+               "this task name is reserved for the image encoder in the model registry; rename the text task")
 
 
 # --------------------------------------------------------------------------------------------------- loading

@@ -13,17 +13,29 @@ Checks, in order (every failing one is reported, not only the first):
 
 A version that passes becomes ``challenger``; it becomes ``champion`` only when it is strictly better than the
 current champion on ``gate.metric`` (or there is no champion yet).
+
+The image encoder has its own checks (``judge_image``, thresholds in ``gate.image``), on held-out accuracies:
+
+* ``min_knn_accuracy`` / ``min_probe_accuracy`` — kNN accuracy and the exported linear probe's accuracy
+* pretraining gain — kNN accuracy minus the same encoder's at random init > ``gate.image.min_pretraining_gain``
+* no collapse — embedding std / effective rank at the end of pretraining >= ``vision.pretrain.min_embedding_std`` /
+  ``min_effective_rank`` (the values ``pretrain_ssl`` fails on, so a version registered under looser settings is
+  still caught)
+* ONNX parity — ``vision.export.min_label_agreement`` / ``max_abs_diff``
+* champion tolerance — on ``gate.image.metric``, within ``gate.image.champion_tolerance``
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from selfsup.config import ExportConfig, GateConfig
+from selfsup.config import ExportConfig, GateConfig, ImageGate, SSLExportConfig, SSLPretrainConfig
 
 # The metrics a registered version carries (tags ``metric.<name>``, written by ``selfsup register``).
 REQUIRED_METRICS = ("test_accuracy", "test_macro_f1", "scratch_test_accuracy", "scratch_test_macro_f1",
                     "onnx_label_agreement", "onnx_max_abs_logit_diff")
+REQUIRED_IMAGE_METRICS = ("knn_accuracy", "probe_accuracy", "random_init_knn_accuracy", "embedding_std",
+                          "effective_rank", "onnx_label_agreement", "onnx_max_abs_diff")
 
 
 @dataclass
@@ -70,6 +82,48 @@ def judge(task: str, metrics: dict[str, float], champion: dict[str, float] | Non
     if champion_score is not None and score < champion_score - gate.champion_tolerance:
         reasons.append(f"test {gate.metric} {score:.4f} is worse than the champion's {champion_score:.4f} by more "
                        f"than gate.champion_tolerance {gate.champion_tolerance:.4f}")
+    passed = not reasons
+    becomes_champion = passed and (champion_score is None or score > champion_score)
+    return Verdict(passed, reasons, becomes_champion, score)
+
+
+def judge_image(metrics: dict[str, float], champion: dict[str, float] | None, gate: ImageGate,
+                pretrain: SSLPretrainConfig, export: SSLExportConfig) -> Verdict:
+    """The verdict for one image-encoder version. ``champion`` is the current champion's metrics (None: none)."""
+    missing = [name for name in REQUIRED_IMAGE_METRICS if name not in metrics]
+    if missing:
+        return Verdict(False, [f"the version lacks the metrics {missing} (was it registered by `selfsup register`?)"])
+    reasons = []
+    knn, probe = metrics["knn_accuracy"], metrics["probe_accuracy"]
+    if knn < gate.min_knn_accuracy:
+        reasons.append(f"kNN accuracy {knn:.4f} < gate.image.min_knn_accuracy {gate.min_knn_accuracy:.4f}")
+    if probe < gate.min_probe_accuracy:
+        reasons.append(f"linear-probe accuracy {probe:.4f} < gate.image.min_probe_accuracy "
+                       f"{gate.min_probe_accuracy:.4f}")
+    if gate.min_pretraining_gain is not None:
+        gain = knn - metrics["random_init_knn_accuracy"]
+        if gain <= gate.min_pretraining_gain:
+            reasons.append(f"pretraining gain in kNN accuracy is {gain:+.4f}, not > gate.image.min_pretraining_gain "
+                           f"{gate.min_pretraining_gain:+.4f} (pretrained {knn:.4f} vs random init "
+                           f"{metrics['random_init_knn_accuracy']:.4f})")
+    if metrics["embedding_std"] < pretrain.min_embedding_std:
+        reasons.append(f"collapsed: embedding std {metrics['embedding_std']:.4f} < vision.pretrain.min_embedding_std "
+                       f"{pretrain.min_embedding_std:.4f}")
+    if metrics["effective_rank"] < pretrain.min_effective_rank:
+        reasons.append(f"collapsed: effective rank {metrics['effective_rank']:.2f} < "
+                       f"vision.pretrain.min_effective_rank {pretrain.min_effective_rank:.2f}")
+    if metrics["onnx_label_agreement"] < export.min_label_agreement:
+        reasons.append(f"ONNX label agreement {metrics['onnx_label_agreement']:.4%} < "
+                       f"vision.export.min_label_agreement {export.min_label_agreement:.4%}")
+    if metrics["onnx_max_abs_diff"] > export.max_abs_diff:
+        reasons.append(f"ONNX max |diff| {metrics['onnx_max_abs_diff']:.2e} > vision.export.max_abs_diff "
+                       f"{export.max_abs_diff:.0e}")
+    score = metrics[gate.metric]
+    champion_score = None if champion is None else champion.get(gate.metric)
+    if champion_score is not None and score < champion_score - gate.champion_tolerance:
+        label = {"knn_accuracy": "kNN accuracy", "probe_accuracy": "linear-probe accuracy"}[gate.metric]
+        reasons.append(f"{label} {score:.4f} is worse than the champion's "
+                       f"{champion_score:.4f} by more than gate.image.champion_tolerance {gate.champion_tolerance:.4f}")
     passed = not reasons
     becomes_champion = passed and (champion_score is None or score > champion_score)
     return Verdict(passed, reasons, becomes_champion, score)

@@ -3,12 +3,14 @@
 MLflow owns the registry (``selfsup.adapters.mlflow``, imported lazily); this module owns the rules:
 
 * ``register_exports`` — the ``register`` DVC stage: every exported task model becomes a new version of
-  ``<prefix>-<task>`` with its test / baseline / parity metrics as version tags (``metric.<name>``). It runs after
-  all exports succeeded, so a failed pipeline registers nothing; a model already registered (same ONNX SHA-256) is
-  not registered twice.
-* ``gate_versions`` — the training flow: each version without a verdict is judged by ``selfsup.gate``; the verdict
-  and its reasons become the version tags ``gate`` / ``gate_reason``. Passing versions get the alias
-  ``challenger``; one better than the current champion also gets ``champion``. A failing version gets no alias.
+  ``<prefix>-<task>``, and the image encoder (task ``image-encoder``) one of ``vision.export.registered_model``,
+  with its test / baseline / parity (and, for images, collapse) metrics as version tags (``metric.<name>``). It
+  runs after all exports succeeded and checks every input before registering anything, so a failed pipeline
+  registers nothing; a model already registered (same ONNX SHA-256) is not registered twice.
+* ``gate_versions`` — the training flow: each version without a verdict is judged by ``selfsup.gate`` (``judge``
+  for text, ``judge_image`` for the image encoder); the verdict and its reasons become the version tags ``gate`` /
+  ``gate_reason``. Passing versions get the alias ``challenger``; one better than the current champion also gets
+  ``champion``. A failing version gets no alias.
 * ``promote`` / ``rollback`` — by hand (``selfsup registry promote|rollback``). Only a version that passed the gate
   can become champion. Every champion change is appended to the registered model's ``champion_history`` tag, so a
   rollback returns to the previous champion.
@@ -24,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfsup.config import Config
-from selfsup.gate import Verdict, judge
+from selfsup.config import IMAGE_TASK, Config
+from selfsup.gate import Verdict, judge, judge_image
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
@@ -36,7 +38,20 @@ class RegistryError(RuntimeError):
 
 
 def model_name(cfg: Config, task: str) -> str:
+    if task == IMAGE_TASK:
+        return cfg.vision.export.registered_model
     return f"{cfg.export.registered_model_prefix}-{task}"
+
+
+def registry_tasks(cfg: Config) -> list[str]:
+    """Every task with a registered model: the declared text tasks, then the image encoder."""
+    return [*cfg.data.tasks, IMAGE_TASK]
+
+
+def check_task(cfg: Config, task: str) -> None:
+    if task not in registry_tasks(cfg):
+        raise RegistryError(f"unknown task {task!r}; the registry holds the tasks {registry_tasks(cfg)} "
+                            f"(data.tasks, and {IMAGE_TASK!r} for vision.export.registered_model)")
 
 
 def version_metrics(tags: dict[str, str]) -> dict[str, float]:
@@ -55,12 +70,33 @@ def sha256_file(path: Path) -> str:
 
 
 def registration_metrics(evaluation: dict, export: dict) -> dict[str, float]:
-    """The metrics a version carries: pretrained and from-scratch test scores, and ONNX parity."""
+    """The metrics a text version carries: pretrained and from-scratch test scores, and ONNX parity."""
     return {
         **{f"test_{k}": float(v) for k, v in evaluation["pretrained"].items()},
         **{f"scratch_test_{k}": float(v) for k, v in evaluation["scratch"].items()},
         "onnx_label_agreement": float(export["label_agreement"]),
         "onnx_max_abs_logit_diff": float(export["max_abs_logit_diff"]),
+    }
+
+
+def image_registration_metrics(pretrain: dict, evaluation: dict, export: dict) -> dict[str, float]:
+    """The metrics an image-encoder version carries, from the ``pretrain_ssl``, ``evaluate_ssl`` and ``export_ssl``
+    reports: held-out kNN and probe accuracy (``probe_accuracy`` is the exported probe, trained on every pool label;
+    ``probe_accuracy_<share>`` per label share), the random-init and supervised baselines, the collapse monitor's
+    final values and ONNX parity."""
+    ssl, rand = evaluation["ssl"], evaluation["random_init"]
+    return {
+        "knn_accuracy": float(ssl["knn_accuracy"]),
+        "probe_accuracy": float(ssl["probe_accuracy"]["1"]),
+        "random_init_knn_accuracy": float(rand["knn_accuracy"]),
+        "random_init_probe_accuracy": float(rand["probe_accuracy"]["1"]),
+        **{f"probe_accuracy_{share}": float(v) for share, v in ssl["probe_accuracy"].items()},
+        **{f"supervised_accuracy_{share}": float(v)
+           for share, v in evaluation["supervised_from_scratch"]["accuracy"].items()},
+        "embedding_std": float(pretrain["embedding_std"]),
+        "effective_rank": float(pretrain["effective_rank"]),
+        "onnx_label_agreement": float(export["label_agreement"]),
+        "onnx_max_abs_diff": float(export["max_abs_diff"]),
     }
 
 
@@ -74,33 +110,72 @@ class Registration:
     metrics: dict[str, float]
 
 
+@dataclass
+class _Export:
+    """What registering one task's model reads."""
+
+    folder: Path  # model.onnx and the files registered with it
+    extra_files: list[str]
+    reports: dict[str, Path]  # stage reports (metrics.json) by role: the registration_metrics arguments
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.folder / "model.onnx", *self.reports.values()]
+
+
+def _export_of(cfg: Config, task: str, artifacts: Path) -> _Export:
+    if task == IMAGE_TASK:
+        vc = cfg.vision
+        return _Export(Path(vc.export.out_dir), ["classes.json", "export.json"],
+                       {"pretrain": Path(vc.pretrain.metrics_dir) / "metrics.json",
+                        "evaluation": Path(vc.evaluate.out_dir) / "metrics.json",
+                        "export": artifacts / "export_ssl" / "metrics.json"})
+    return _Export(Path(cfg.export.out_dir) / task, ["tokenizer.json", "labels.json", "export.json"],
+                   {"evaluation": artifacts / "evaluate" / task / "metrics.json",
+                    "export": artifacts / "export" / task / "metrics.json"})
+
+
 def register_exports(cfg: Config, tasks: list[str], tracker_factory, commit: str,
                      artifacts: Path = Path("artifacts")) -> list[Registration]:
-    """Register every task's exported model (``export.out_dir/<task>``) with its evaluation and parity metrics.
+    """Register every task's exported model with its metrics; ``tasks`` may include ``IMAGE_TASK``.
 
+    Every input of every task is checked first, so a missing one registers nothing at all.
     ``tracker_factory(task)`` is a context manager yielding the MLflow tracker of the task's register run."""
     from selfsup.adapters.mlflow import register_onnx
 
-    missing = [str(p) for task in tasks for p in (Path(cfg.export.out_dir) / task / "model.onnx",
-                                                     artifacts / "evaluate" / task / "metrics.json",
-                                                     artifacts / "export" / task / "metrics.json") if not p.exists()]
-    if missing:
-        raise RegistryError(f"cannot register: missing {missing} (run the evaluate and export stages first)")
-    registrations = []
     for task in tasks:
-        out_dir = Path(cfg.export.out_dir) / task
-        evaluation = json.loads((artifacts / "evaluate" / task / "metrics.json").read_text())
-        exported = json.loads((artifacts / "export" / task / "metrics.json").read_text())
-        metrics = registration_metrics(evaluation, exported)
+        check_task(cfg, task)
+    exports = {task: _export_of(cfg, task, artifacts) for task in tasks}
+    missing = [str(p) for export in exports.values() for p in export.inputs if not p.exists()]
+    if missing:
+        raise RegistryError(f"cannot register: missing {missing} (run the evaluate and export stages first: "
+                            f"`dvc repro register`)")
+    planned = {}
+    for task, export in exports.items():
+        reports = {role: json.loads(path.read_text()) for role, path in export.reports.items()}
+        tags = {"task": task, "git_commit": commit}
+        if task == IMAGE_TASK:
+            # the reports must describe one encoder: DVC guarantees it, a stage run by hand may not; the method
+            # is what pretrain_ssl and evaluate_ssl both record
+            methods = {role: reports[role].get("method") for role in ("pretrain", "evaluation")}
+            if len(set(methods.values())) != 1:
+                raise RegistryError(f"cannot register the image encoder: its reports disagree on the method "
+                                    f"{methods} ({export.reports['pretrain']} vs {export.reports['evaluation']}); "
+                                    f"rerun evaluate_ssl and export_ssl (`dvc repro register`)")
+            planned[task] = (image_registration_metrics(**reports),
+                             {**tags, "modality": "image", "method": methods["pretrain"]})
+        else:
+            planned[task] = (registration_metrics(**reports), {**tags, "modality": "text"})
+    registrations = []
+    for task, (metrics, tags) in planned.items():
+        export, name = exports[task], model_name(cfg, task)
         with tracker_factory(task) as tracker:
             tracker.log_metrics(metrics)
-            version, new = register_onnx(
-                cfg.tracking, tracker.run_id, out_dir / "model.onnx", model_name(cfg, task), metrics,
-                {"task": task, "git_commit": commit},
-                [out_dir / "tokenizer.json", out_dir / "labels.json", out_dir / "export.json"],
-                fingerprint=sha256_file(out_dir / "model.onnx"))
-            tracker.set_tags({"registered_model": model_name(cfg, task), "registered_version": str(version)})
-        registrations.append(Registration(task, model_name(cfg, task), version, new, tracker.run_id, metrics))
+            version, new = register_onnx(cfg.tracking, tracker.run_id, export.folder / "model.onnx", name, metrics,
+                                         tags, [export.folder / f for f in export.extra_files],
+                                         fingerprint=sha256_file(export.folder / "model.onnx"))
+            tracker.set_tags({"registered_model": name, "registered_version": str(version)})
+        registrations.append(Registration(task, name, version, new, tracker.run_id, metrics))
     return registrations
 
 
@@ -137,12 +212,19 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _judge(cfg: Config, task: str, metrics: dict[str, float], champion: dict[str, float] | None) -> Verdict:
+    if task == IMAGE_TASK:
+        return judge_image(metrics, champion, cfg.gate.image, cfg.vision.pretrain, cfg.vision.export)
+    return judge(task, metrics, champion, cfg.gate, cfg.export)
+
+
 def gate_versions(cfg: Config, task: str, context: dict[str, str] | None = None) -> list[GateDecision]:
     """Judge every version of ``task``'s model that has no gate verdict yet (oldest first) and set aliases.
 
     Versions that already carry a verdict are left alone, so running the flow again changes nothing."""
     from selfsup.adapters import mlflow as registry
 
+    check_task(cfg, task)
     name = model_name(cfg, task)
     decisions = []
     rows = registry.model_versions(cfg.tracking, name)
@@ -152,7 +234,7 @@ def gate_versions(cfg: Config, task: str, context: dict[str, str] | None = None)
             continue
         champion = registry.alias_version(cfg.tracking, name, CHAMPION)  # may have moved in an earlier iteration
         champion_metrics = None if champion is None else metrics_of[champion]
-        verdict = judge(task, metrics_of[row["version"]], champion_metrics, cfg.gate, cfg.export)
+        verdict = _judge(cfg, task, metrics_of[row["version"]], champion_metrics)
         registry.set_version_tags(cfg.tracking, name, row["version"], {
             "gate": "passed" if verdict.passed else "failed", "gate_reason": verdict.summary[:5000],
             "gate_checked_at": _now(), **(context or {})})
@@ -174,6 +256,7 @@ def gate_versions(cfg: Config, task: str, context: dict[str, str] | None = None)
 def list_versions(cfg: Config, task: str) -> list[dict]:
     from selfsup.adapters import mlflow as registry
 
+    check_task(cfg, task)
     return registry.model_versions(cfg.tracking, model_name(cfg, task))
 
 
@@ -181,6 +264,7 @@ def promote(cfg: Config, task: str, version: int) -> int | None:
     """Make ``version`` the champion; returns the previous champion. Refused unless the version passed the gate."""
     from selfsup.adapters import mlflow as registry
 
+    check_task(cfg, task)
     name = model_name(cfg, task)
     rows = {r["version"]: r for r in registry.model_versions(cfg.tracking, name)}
     if version not in rows:
@@ -200,6 +284,7 @@ def rollback(cfg: Config, task: str) -> tuple[int, int]:
     """Move ``champion`` back to the previous champion; returns ``(from_version, to_version)``."""
     from selfsup.adapters import mlflow as registry
 
+    check_task(cfg, task)
     name = model_name(cfg, task)
     history = _history(cfg, name)
     current = registry.alias_version(cfg.tracking, name, CHAMPION)
@@ -220,6 +305,7 @@ def fetch_model(cfg: Config, task: str, alias: str, dest: Path) -> tuple[int, Pa
     """Download the version of ``task``'s model that ``alias`` points at into ``dest``; returns (version, folder)."""
     from selfsup.adapters import mlflow as registry
 
+    check_task(cfg, task)
     name = model_name(cfg, task)
     version = registry.alias_version(cfg.tracking, name, alias)
     if version is None:

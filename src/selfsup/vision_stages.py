@@ -6,7 +6,9 @@ export-ssl`` run (the CLI only parses arguments and prints). Each reads its inpu
     pretrain_ssl     train pixels (no labels) -> models/ssl/encoder.pt, artifacts/pretrain_ssl/
     evaluate_ssl     encoder + labels -> artifacts/evaluate_ssl/ (kNN, probes, supervised baseline, plots),
                      models/ssl_probe/probe.pt
-    export_ssl       encoder + probe -> models/onnx/image-encoder/ (ONNX, parity-checked), MLflow registration
+    export_ssl       encoder + probe -> models/onnx/image-encoder/ (ONNX, parity-checked), artifacts/export_ssl/
+
+Registration (and the quality gate) is ``selfsup.registry``'s: the ``register`` stage, after every export.
 """
 
 from __future__ import annotations
@@ -297,21 +299,6 @@ def export_image_model(encoder_path: Path, probe_path: Path, images: np.ndarray,
     return result
 
 
-def register_image_encoder(cfg: Config, run_id: str, out_dir: Path, metrics: dict[str, float]) -> int:
-    """Register the exported model as a new version of ``vision.export.registered_model`` with its metrics as
-    version tags; returns the version (the seam for the promotion gate / aliases)."""
-    from selfsup.adapters.mlflow import register_onnx
-    from selfsup.registry import sha256_file
-    from selfsup.tracking import git_commit
-
-    version, _ = register_onnx(cfg.tracking, run_id, out_dir / "model.onnx", cfg.vision.export.registered_model,
-                               metrics, {"git_commit": git_commit(), "modality": "image",
-                                         "method": cfg.vision.pretrain.method},
-                               [out_dir / "classes.json", out_dir / "export.json"],
-                               fingerprint=sha256_file(out_dir / "model.onnx"))
-    return version
-
-
 def export_stage(cfg: Config, params_file: Path) -> dict:
     from selfsup.data.images import load_images
     from selfsup.tracking import open_run
@@ -321,18 +308,9 @@ def export_stage(cfg: Config, params_file: Path) -> dict:
     out_dir = Path(xc.out_dir)
     result = export_image_model(Path(vc.pretrain.out_dir) / "encoder.pt", Path(vc.evaluate.probe_path), images,
                                 out_dir, xc.opset, xc.max_abs_diff, xc.min_label_agreement)
-    metrics_dir = Path("artifacts/export_ssl")
-    _write_json(metrics_dir / "metrics.json", result)
-    registration = {"registered": False}
-    if cfg.tracking.enabled:
-        evaluation = json.loads((Path(vc.evaluate.out_dir) / "metrics.json").read_text())
-        metrics = {"knn_accuracy": evaluation["ssl"]["knn_accuracy"],
-                   "probe_accuracy": evaluation["ssl"]["probe_accuracy"]["1"],
-                   "random_init_knn_accuracy": evaluation["random_init"]["knn_accuracy"],
-                   "onnx_label_agreement": result["label_agreement"], "onnx_max_abs_diff": result["max_abs_diff"]}
-        with open_run(cfg, "export_ssl", params_file, xc) as tracker:
-            tracker.log_metrics(metrics)
-            version = register_image_encoder(cfg, tracker.run_id, out_dir, metrics)
-        registration = {"registered": True, "name": xc.registered_model, "version": version, "run_id": tracker.run_id}
-    _write_json(metrics_dir / "registered.json", registration)
-    return {**result, **registration}
+    _write_json(Path("artifacts/export_ssl") / "metrics.json", result)
+    # registration is the `register` stage's job (selfsup.registry), after every export of the pipeline succeeded
+    with open_run(cfg, "export_ssl", params_file, xc) as tracker:
+        tracker.log_metrics({"onnx_label_agreement": result["label_agreement"],
+                             "onnx_max_abs_diff": result["max_abs_diff"]})
+    return result

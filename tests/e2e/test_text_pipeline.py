@@ -1,5 +1,5 @@
-"""The whole text pipeline with the real `dvc repro`, a real MLflow store and real onnxruntime, on the tiny
-preset, in a temporary copy of the repository."""
+"""The whole pipeline (text stages, image stages, register) with the real `dvc repro`, a real MLflow store and
+real onnxruntime, on the tiny preset, in a temporary copy of the repository."""
 
 import json
 import os
@@ -95,6 +95,26 @@ def test_mlflow_has_runs_tags_curves_and_registered_onnx_models(repo):
     evaluate = next(r for r in runs if r.data.tags["stage"] == "evaluate" and r.data.tags["task"] == "intent")
     assert {a.path for a in client.list_artifacts(evaluate.info.run_id)} >= {
         "confusion.png", "loss_curves.png", "metrics.json"}
+
+
+def test_register_stage_registers_the_image_encoder_too(repo):
+    client = _registry(repo)
+    (version,) = client.search_model_versions("name='selfsup-image-encoder'")
+    tags = version.tags
+    assert tags["modality"] == "image" and tags["method"] == "simclr" and tags["task"] == "image-encoder"
+    evaluation = json.loads((repo / "artifacts/evaluate_ssl/metrics.json").read_text())
+    assert float(tags["metric.knn_accuracy"]) == pytest.approx(evaluation["ssl"]["knn_accuracy"], abs=1e-5)
+    assert float(tags["metric.probe_accuracy"]) == pytest.approx(evaluation["ssl"]["probe_accuracy"]["1"], abs=1e-5)
+    for name in ("random_init_knn_accuracy", "embedding_std", "effective_rank", "onnx_max_abs_diff"):
+        assert f"metric.{name}" in tags
+    assert float(tags["metric.onnx_label_agreement"]) >= 0.999 and "gate" not in tags  # gating: the flow
+    registered = json.loads((repo / "artifacts/register/registered.json").read_text())
+    assert {v["task"] for v in registered["versions"]} == {*TASKS, "image-encoder"}
+    import mlflow.onnx
+
+    model = mlflow.onnx.load_model("models:/selfsup-image-encoder/1")
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["embedding", "logits"]
 
 
 def test_predict_serves_the_exported_model(repo):

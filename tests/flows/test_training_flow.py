@@ -13,8 +13,11 @@ from conftest import copy_repo, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 TASKS = ("intent", "sentiment", "topic")
+MODELS = (*TASKS, "image-encoder")  # the registry's tasks: the text tasks and the image encoder
 PERMISSIVE = {"metric": "macro_f1", "champion_tolerance": 1.0, "min_pretraining_gain": None,
-              "tasks": {t: {"min_accuracy": 0.0, "min_macro_f1": 0.0} for t in TASKS}}
+              "tasks": {t: {"min_accuracy": 0.0, "min_macro_f1": 0.0} for t in TASKS},
+              "image": {"metric": "knn_accuracy", "min_knn_accuracy": 0.0, "min_probe_accuracy": 0.0,
+                        "min_pretraining_gain": None, "champion_tolerance": 1.0}}
 
 
 def _edit_params(repo: Path, **sections) -> None:
@@ -64,10 +67,10 @@ def first_run(repo):
 
 def test_first_run_trains_registers_gates_and_crowns(first_run, repo):
     assert "pretrain_mlm" in first_run["stages_run"] and "register" in first_run["stages_run"]
-    assert {g["task"] for g in first_run["gated"]} == set(TASKS)
+    assert {g["task"] for g in first_run["gated"]} == set(MODELS)
     for g in first_run["gated"]:
         assert g["passed"] and set(g["aliases"]) == {"challenger", "champion"}, g
-    for task in TASKS:
+    for task in MODELS:
         (row,) = _versions(repo, task)
         assert row["gate"] == "passed" and set(row["aliases"]) == {"challenger", "champion"}
     assert first_run["mlflow_run"] and "/#/experiments/" in first_run["mlflow_run"]
@@ -78,7 +81,7 @@ def test_second_run_trains_nothing_and_registers_nothing(first_run, repo):
 
     again = training(repo=str(repo), pull_data=False)
     assert again["stages_run"] == [] and again["gated"] == []
-    assert [len(_versions(repo, t)) for t in TASKS] == [1, 1, 1]
+    assert [len(_versions(repo, t)) for t in MODELS] == [1, 1, 1, 1]
 
 
 def test_gate_failure_promotion_refusal_and_rollback(first_run, repo):
@@ -117,8 +120,8 @@ def test_a_failing_stage_fails_the_flow_and_leaves_the_registry_untouched(first_
 
     from flows.training import StageFailed, training
 
-    before = {t: _versions(repo, t) for t in TASKS}
+    before = {t: _versions(repo, t) for t in MODELS}
     _edit_params(repo, export__max_abs_logit_diff=1e-15)  # no export can meet this: every export stage fails
     with pytest.raises(StageFailed, match="ONNX parity check failed"):
         training(repo=str(repo), pull_data=False)
-    assert {t: _versions(repo, t) for t in TASKS} == before
+    assert {t: _versions(repo, t) for t in MODELS} == before
