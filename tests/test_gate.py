@@ -48,6 +48,19 @@ def test_pretraining_gain_can_be_switched_off_and_missing_metrics_fail():
     assert not verdict.passed and "lacks the metrics" in verdict.summary
 
 
+
+def test_a_task_can_set_its_own_pretraining_gain():
+    tie = {**GOOD, "scratch_test_macro_f1": 0.76}  # pretrained 0.75: 0.01 below scratch
+    strict = judge("t", tie, None, _gate(), ExportConfig())
+    assert not strict.passed and "not > gate.min_pretraining_gain +0.0000" in strict.summary
+    tolerant = _gate(tasks={"t": TaskGate(min_accuracy=0.5, min_macro_f1=0.5, min_pretraining_gain=-0.02)})
+    assert judge("t", tie, None, tolerant, ExportConfig()).passed
+    beyond = judge("t", {**tie, "scratch_test_macro_f1": 0.78}, None, tolerant, ExportConfig())
+    assert not beyond.passed and "not > gate.tasks.t.min_pretraining_gain -0.0200" in beyond.summary
+    # a task's own value also applies when the global requirement is switched off
+    assert not judge("t", {**tie, "scratch_test_macro_f1": 0.78}, None,
+                     _gate(min_pretraining_gain=None, tasks=tolerant.tasks), ExportConfig()).passed
+
 # ---------------------------------------------------------------------------------------------- the image encoder
 
 IMAGE = {"knn_accuracy": 0.78, "probe_accuracy": 0.79, "random_init_knn_accuracy": 0.75, "embedding_std": 0.43,

@@ -439,10 +439,15 @@ class TaskGate:
 
     min_accuracy: float = option(0.0, help="a version with a lower test accuracy fails the gate")
     min_macro_f1: float = option(0.0, help="a version with a lower test macro-F1 fails the gate")
+    min_pretraining_gain: float | None = option(
+        None, help="this task's required pretraining gain, instead of gate.min_pretraining_gain (null: use that); "
+                   "a negative value accepts a tie within that margin")
 
     def check(self, path: str) -> None:
         _check(0.0 <= self.min_accuracy <= 1.0, f"{path}.min_accuracy", "must be in [0, 1]")
         _check(0.0 <= self.min_macro_f1 <= 1.0, f"{path}.min_macro_f1", "must be in [0, 1]")
+        _check(self.min_pretraining_gain is None or -1.0 <= self.min_pretraining_gain <= 1.0,
+               f"{path}.min_pretraining_gain", "must be null or in [-1, 1]")
 
 
 IMAGE_TASK = "image-encoder"  # the image encoder among the registry's tasks: `selfsup registry ... image-encoder`

@@ -9,6 +9,7 @@ Checks, in order (every failing one is reported, not only the first):
 * ``min_accuracy`` / ``min_macro_f1`` — the task's test-set minimum (``gate.tasks.<task>``)
 * ONNX parity — label agreement and max |Δlogit| against PyTorch (``export.min_label_agreement`` / ``max_abs_logit_diff``)
 * pretraining gain — pretrained test metric minus the from-scratch baseline's > ``gate.min_pretraining_gain``
+  (or the task's own ``gate.tasks.<task>.min_pretraining_gain``)
 * champion tolerance — not worse than the current champion by more than ``gate.champion_tolerance``
 
 A version that passes becomes ``challenger``; it becomes ``champion`` only when it is strictly better than the
@@ -72,11 +73,14 @@ def judge(task: str, metrics: dict[str, float], champion: dict[str, float] | Non
         reasons.append(f"ONNX max |Δlogit| {metrics['onnx_max_abs_logit_diff']:.2e} > export.max_abs_logit_diff "
                        f"{export.max_abs_logit_diff:.0e}")
     score = metrics[f"test_{gate.metric}"]
-    if gate.min_pretraining_gain is not None:
+    required_gain, gain_key = gate.min_pretraining_gain, "gate.min_pretraining_gain"
+    if minimum is not None and minimum.min_pretraining_gain is not None:
+        required_gain, gain_key = minimum.min_pretraining_gain, f"gate.tasks.{task}.min_pretraining_gain"
+    if required_gain is not None:
         gain = score - metrics[f"scratch_test_{gate.metric}"]
-        if gain <= gate.min_pretraining_gain:
-            reasons.append(f"pretraining gain in test {gate.metric} is {gain:+.4f}, not > gate.min_pretraining_gain "
-                           f"{gate.min_pretraining_gain:+.4f} (pretrained {score:.4f} vs from scratch "
+        if gain <= required_gain:
+            reasons.append(f"pretraining gain in test {gate.metric} is {gain:+.4f}, not > {gain_key} "
+                           f"{required_gain:+.4f} (pretrained {score:.4f} vs from scratch "
                            f"{metrics[f'scratch_test_{gate.metric}']:.4f})")
     champion_score = None if champion is None else champion.get(f"test_{gate.metric}")
     if champion_score is not None and score < champion_score - gate.champion_tolerance:

