@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -106,11 +107,36 @@ def serve(repo: str = ".") -> None:
             prefect_serve(*build_deployments(cfg, root))
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_local_server(process, api_url)
+
+
+def stop_local_server(process: subprocess.Popen, api_url: str, timeout: float = 30.0) -> None:
+    """Stop the server started by ``start_local_server`` and return only once its API no longer answers.
+
+    ``prefect server start`` runs uvicorn as a child process: terminating the CLI process alone can return while
+    uvicorn still serves (or leave it behind), so the whole process group (its own session) is signalled."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    while (_group_alive(process.pid) or _healthy(api_url)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _group_alive(process.pid):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
