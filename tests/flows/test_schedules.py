@@ -19,7 +19,7 @@ from conftest import copy_repo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               # known flake under the CI runner (2 of 3 fresh-clone runs on 2026-11-24: the Prefect server still
-              # answered after the serving process was stopped); runs in a local `make test`; fix tracked in issue 5
+              # answered after the serving process was stopped); runs in a local `make test`; to be fixed (serve must not leave the server behind)
               pytest.mark.skipif(os.environ.get("CI") == "true", reason="flaky under CI: server shutdown race, see the comment above")]
 BIN = Path(sys.executable).parent
 
