@@ -51,12 +51,31 @@ class Verdict:
         return "passed all checks" if self.passed else "; ".join(self.reasons)
 
 
+def _missing(metrics: dict[str, float], required: tuple[str, ...]) -> Verdict | None:
+    """A failing verdict when the version lacks any required metric tag, else None."""
+    missing = [name for name in required if name not in metrics]
+    if not missing:
+        return None
+    return Verdict(False, [f"the version lacks the metrics {missing} (was it registered by `selfsup register`?)"])
+
+
+def _against_champion(reasons: list[str], score: float, champion: dict[str, float] | None, key: str, label: str,
+                      tolerance: float, tolerance_key: str) -> Verdict:
+    """The champion-tolerance check, then the verdict: a passing version becomes champion when strictly better."""
+    champion_score = None if champion is None else champion.get(key)
+    if champion_score is not None and score < champion_score - tolerance:
+        reasons.append(f"{label} {score:.4f} is worse than the champion's {champion_score:.4f} by more than "
+                       f"{tolerance_key} {tolerance:.4f}")
+    passed = not reasons
+    return Verdict(passed, reasons, passed and (champion_score is None or score > champion_score), score)
+
+
 def judge(task: str, metrics: dict[str, float], champion: dict[str, float] | None, gate: GateConfig,
           export: ExportConfig) -> Verdict:
     """The verdict for one version of ``task``. ``champion`` is the current champion's metrics (None: no champion)."""
-    missing = [name for name in REQUIRED_METRICS if name not in metrics]
+    missing = _missing(metrics, REQUIRED_METRICS)
     if missing:
-        return Verdict(False, [f"the version lacks the metrics {missing} (was it registered by `selfsup register`?)"])
+        return missing
     reasons = []
     minimum = gate.tasks.get(task)
     if minimum is not None:
@@ -82,21 +101,16 @@ def judge(task: str, metrics: dict[str, float], champion: dict[str, float] | Non
             reasons.append(f"pretraining gain in test {gate.metric} is {gain:+.4f}, not > {gain_key} "
                            f"{required_gain:+.4f} (pretrained {score:.4f} vs from scratch "
                            f"{metrics[f'scratch_test_{gate.metric}']:.4f})")
-    champion_score = None if champion is None else champion.get(f"test_{gate.metric}")
-    if champion_score is not None and score < champion_score - gate.champion_tolerance:
-        reasons.append(f"test {gate.metric} {score:.4f} is worse than the champion's {champion_score:.4f} by more "
-                       f"than gate.champion_tolerance {gate.champion_tolerance:.4f}")
-    passed = not reasons
-    becomes_champion = passed and (champion_score is None or score > champion_score)
-    return Verdict(passed, reasons, becomes_champion, score)
+    return _against_champion(reasons, score, champion, f"test_{gate.metric}", f"test {gate.metric}",
+                             gate.champion_tolerance, "gate.champion_tolerance")
 
 
 def judge_image(metrics: dict[str, float], champion: dict[str, float] | None, gate: ImageGate,
                 pretrain: SSLPretrainConfig, export: SSLExportConfig) -> Verdict:
     """The verdict for one image-encoder version. ``champion`` is the current champion's metrics (None: none)."""
-    missing = [name for name in REQUIRED_IMAGE_METRICS if name not in metrics]
+    missing = _missing(metrics, REQUIRED_IMAGE_METRICS)
     if missing:
-        return Verdict(False, [f"the version lacks the metrics {missing} (was it registered by `selfsup register`?)"])
+        return missing
     reasons = []
     knn, probe = metrics["knn_accuracy"], metrics["probe_accuracy"]
     if knn < gate.min_knn_accuracy:
@@ -122,12 +136,6 @@ def judge_image(metrics: dict[str, float], champion: dict[str, float] | None, ga
     if metrics["onnx_max_abs_diff"] > export.max_abs_diff:
         reasons.append(f"ONNX max |diff| {metrics['onnx_max_abs_diff']:.2e} > vision.export.max_abs_diff "
                        f"{export.max_abs_diff:.0e}")
-    score = metrics[gate.metric]
-    champion_score = None if champion is None else champion.get(gate.metric)
-    if champion_score is not None and score < champion_score - gate.champion_tolerance:
-        label = {"knn_accuracy": "kNN accuracy", "probe_accuracy": "linear-probe accuracy"}[gate.metric]
-        reasons.append(f"{label} {score:.4f} is worse than the champion's "
-                       f"{champion_score:.4f} by more than gate.image.champion_tolerance {gate.champion_tolerance:.4f}")
-    passed = not reasons
-    becomes_champion = passed and (champion_score is None or score > champion_score)
-    return Verdict(passed, reasons, becomes_champion, score)
+    label = {"knn_accuracy": "kNN accuracy", "probe_accuracy": "linear-probe accuracy"}[gate.metric]
+    return _against_champion(reasons, metrics[gate.metric], champion, gate.metric, label, gate.champion_tolerance,
+                             "gate.image.champion_tolerance")
