@@ -10,7 +10,8 @@ Cron and interval schedules fire only against a running Prefect server (not the 
 starts). Unless ``PREFECT_API_URL`` points at a server already, this starts one on ``orchestration.server_host:
 server_port`` with its SQLite database under ``orchestration.prefect_home`` and analytics off, waits until it is
 healthy, then serves the deployments from this process (flow runs execute here, in subprocesses) until Ctrl-C,
-which stops the server too. A team points ``PREFECT_API_URL`` at its shared server and changes nothing else.
+which stops the server too. The server runs under ``flows.server_guard``, which stops it when this process ends in
+any way, SIGKILL included. A team points ``PREFECT_API_URL`` at its shared server and changes nothing else.
 
 While it runs: ``prefect deployment ls``, ``prefect deployment run 'selfsup-training/nightly'``, and the UI at
 http://127.0.0.1:4200 (each flow run's page shows one task per pipeline stage, its logs and the MLflow link).
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -60,30 +60,63 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
-def start_local_server(cfg, repo: Path, timeout: float = 180.0) -> tuple[str, subprocess.Popen | None]:
-    """Start ``prefect server start`` on 127.0.0.1 (unless one already answers there); returns (api url, process)."""
+class LocalServer:
+    """A ``prefect server`` started by ``start_local_server``, watched by ``flows.server_guard``.
+
+    ``lifeline`` is the write end of the guard's stdin pipe, held only by this process: closing it, or this process
+    dying in any way, makes the guard stop the server's whole process group."""
+
+    def __init__(self, api_url: str, guard: subprocess.Popen, lifeline: int, log: Path):
+        self.api_url, self.guard, self.lifeline, self.log = api_url, guard, lifeline, log
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the server; return only once the guard has exited and the API no longer answers."""
+        if self.lifeline >= 0:
+            os.close(self.lifeline)
+            self.lifeline = -1
+        try:
+            self.guard.wait(timeout=timeout)  # the guard allows the server 20 s to stop, then kills its group
+        except subprocess.TimeoutExpired:
+            self.guard.kill()
+            self.guard.wait()
+        deadline = time.monotonic() + 10
+        while _healthy(self.api_url) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def start_local_server(cfg, repo: Path, timeout: float = 180.0) -> tuple[str, LocalServer | None]:
+    """Start ``prefect server start`` on ``orchestration.server_host:server_port`` under ``flows.server_guard``,
+    unless a server already answers there; returns (api url, the server or None)."""
     o = cfg.orchestration
     api_url = f"http://{o.server_host}:{o.server_port}/api"
     if _healthy(api_url):
         return api_url, None
     home = (repo / o.prefect_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    flows_root = str(Path(__file__).resolve().parents[1])  # so the guard's `-m flows.server_guard` imports
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "true", "PREFECT_API_URL": api_url}
-    log = (home / "server.log").open("ab")
+           "DO_NOT_TRACK": "true", "PREFECT_API_URL": api_url,
+           "PYTHONPATH": os.pathsep.join(filter(None, [flows_root, os.environ.get("PYTHONPATH")]))}
+    log_path = home / "server.log"
     prefect = Path(sys.executable).parent / "prefect"
-    process = subprocess.Popen([str(prefect), "server", "start", "--host", o.server_host, "--port", str(o.server_port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    read_end, lifeline = os.pipe()  # both non-inheritable: flow-run subprocesses never hold the lifeline
+    with log_path.open("ab") as log:
+        guard = subprocess.Popen(
+            [sys.executable, "-m", "flows.server_guard", str(prefect), "server", "start", "--host", o.server_host,
+             "--port", str(o.server_port)],
+            env=env, stdin=read_end, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    os.close(read_end)
+    server = LocalServer(api_url, guard, lifeline, log_path)
     deadline = time.monotonic() + timeout
     while not _healthy(api_url):
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with code {process.returncode}; see {home / 'server.log'}")
+        if guard.poll() is not None:
+            server.stop()
+            raise RuntimeError(f"prefect server exited with code {guard.returncode}; see {log_path}")
         if time.monotonic() > deadline:
-            process.terminate()
-            raise TimeoutError(f"prefect server did not answer on {api_url} within {timeout:.0f} s; see "
-                               f"{home / 'server.log'}")
+            server.stop()
+            raise TimeoutError(f"prefect server did not answer on {api_url} within {timeout:.0f} s; see {log_path}")
         time.sleep(0.5)
-    return api_url, process
+    return api_url, server
 
 
 def serve(repo: str = ".") -> None:
@@ -97,46 +130,17 @@ def serve(repo: str = ".") -> None:
     # flow runs execute in subprocesses that import flows/ by entrypoint: make the package importable there
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     api_url = os.environ.get("PREFECT_API_URL")
-    process = None
+    server = None
     if not api_url:
-        api_url, process = start_local_server(cfg, root)
+        api_url, server = start_local_server(cfg, root)
         print(f"Prefect server: {api_url.removesuffix('/api')} (SQLite under {cfg.orchestration.prefect_home}/); "
               f"in another shell: export PREFECT_API_URL={api_url}", flush=True)
     try:
         with temporary_settings({PREFECT_API_URL: api_url}):
             prefect_serve(*build_deployments(cfg, root))
     finally:
-        if process is not None:
-            stop_local_server(process, api_url)
-
-
-def stop_local_server(process: subprocess.Popen, api_url: str, timeout: float = 30.0) -> None:
-    """Stop the server started by ``start_local_server`` and return only once its API no longer answers.
-
-    ``prefect server start`` runs uvicorn as a child process: terminating the CLI process alone can return while
-    uvicorn still serves (or leave it behind), so the whole process group (its own session) is signalled."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    while (_group_alive(process.pid) or _healthy(api_url)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if _group_alive(process.pid):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+        if server is not None:
+            server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
