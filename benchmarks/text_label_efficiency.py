@@ -6,7 +6,9 @@ optimizer steps is held at what the committed setting uses (``epochs`` x full ba
 a smaller label set is seen for more epochs rather than trained less. Needs the pipeline's tokenizer and pretrained
 encoder (``dvc repro finetune@<task>`` or ``make run``); writes nothing into the pipeline's outputs.
 
-    python benchmarks/text_label_efficiency.py --task sentiment --labels 500 1500 6000 [key=value overrides]
+    python benchmarks/text_label_efficiency.py --task sentiment [key=value overrides] --labels 500 1500 6000
+
+(overrides go before ``--labels``, which takes every number after it)
 """
 
 from __future__ import annotations
