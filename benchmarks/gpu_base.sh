@@ -8,6 +8,7 @@
 # TASKS (default "intent sentiment topic") picks the fine-tuning tasks and their order.
 set -euo pipefail
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}src" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export TASKS="${TASKS:-intent sentiment topic}"
 overrides=(preset=base tracking.enabled=false finetune.loop.progress=false pretrain.loop.progress=false "$@")
 stage() {
   echo "== selfsup $* (${overrides[*]})"; local start=$SECONDS
@@ -26,13 +27,13 @@ save() {  # copy the metrics as soon as a stage writes them: a GPU lease can end
 }
 stage tokenizer
 stage pretrain; save
-for task in ${TASKS:-intent sentiment topic}; do stage finetune "$task"; stage evaluate "$task"; save; done
+for task in $TASKS; do stage finetune "$task"; stage evaluate "$task"; save; done
 python - <<'PY'
 import json
+import os
 pre = json.load(open("artifacts/pretrain/metrics.json"))
 print("pretrain:", {k: pre[k] for k in sorted(pre) if not isinstance(pre[k], (dict, list))})
-import os
-for task in os.environ.get("TASKS", "intent sentiment topic").split():
+for task in os.environ["TASKS"].split():
     m = json.load(open(f"artifacts/evaluate/{task}/metrics.json"))
     print(f"{task}: test macro-F1 pretrained {m['pretrained']['macro_f1']:.3f}, scratch {m['scratch']['macro_f1']:.3f}, "
           f"gain {m['pretraining_gain']['macro_f1']:+.3f} ({m['test_examples']} examples)")

@@ -66,8 +66,8 @@ class LocalServer:
     ``lifeline`` is the write end of the guard's stdin pipe, held only by this process: closing it, or this process
     dying in any way, makes the guard stop the server's whole process group."""
 
-    def __init__(self, api_url: str, guard: subprocess.Popen, lifeline: int, log: Path):
-        self.api_url, self.guard, self.lifeline, self.log = api_url, guard, lifeline, log
+    def __init__(self, api_url: str, guard: subprocess.Popen, lifeline: int):
+        self.api_url, self.guard, self.lifeline = api_url, guard, lifeline
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop the server; return only once the guard has exited and the API no longer answers."""
@@ -106,7 +106,7 @@ def start_local_server(cfg, repo: Path, timeout: float = 180.0) -> tuple[str, Lo
              "--port", str(o.server_port)],
             env=env, stdin=read_end, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     os.close(read_end)
-    server = LocalServer(api_url, guard, lifeline, log_path)
+    server = LocalServer(api_url, guard, lifeline)
     deadline = time.monotonic() + timeout
     while not _healthy(api_url):
         if guard.poll() is not None:

@@ -39,14 +39,15 @@ def gpu_config(repo_root):
 @pytest.fixture(scope="module")
 def text_setup(data_dir, tmp_path_factory):
     """A 400-document slice of the real corpus and a WordPiece tokenizer trained on it."""
+    from selfsup.data.text import read_corpus
     from selfsup.modeling.tokenizer import save_hf_tokenizer, train_wordpiece
 
     root = tmp_path_factory.mktemp("gpu_text")
-    lines = (data_dir / "corpus/unlabeled.jsonl").read_text().splitlines()
-    docs = [json.loads(line) for line in lines if json.loads(line)["source"] == "tweets"][:400]
+    tweets = [text for source, text in read_corpus(data_dir / "corpus/unlabeled.jsonl") if source == "tweets"][:400]
     corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    tokenizer = train_wordpiece((d["text"] for d in docs), vocab_size=400, min_frequency=2)
+    corpus.write_text("".join(json.dumps({"source": "tweets", "id": str(i), "text": t}) + "\n"
+                              for i, t in enumerate(tweets)))
+    tokenizer = train_wordpiece(tweets, vocab_size=400, min_frequency=2)
     save_hf_tokenizer(tokenizer, root / "tokenizer", model_max_length=64)
     return corpus, root / "tokenizer"
 
