@@ -2,7 +2,7 @@
 
 Baseline: every text padded to ``seq_len`` and ``BertForMaskedLM(input_ids, attention_mask, labels)``, which
 projects every position onto the vocabulary. Ours: texts packed into full blocks (no padding) and the vocabulary
-head applied to the masked positions only (``selfsup.modeling.encoder.mlm_loss``). Same model, same optimizer,
+head applied to the masked positions only (``selfsup.text.model.mlm_loss``). Same model, same optimizer,
 same masking collator. Reports *real* (non-padding) tokens per second and the ratios.
 
     python benchmarks/mlm_throughput.py [--steps 20] [--device cpu|cuda] [key=value overrides]
@@ -30,9 +30,9 @@ def main() -> None:
     from transformers import DataCollatorForLanguageModeling
 
     from selfsup.config import load_config
-    from selfsup.data.text import pack_corpus, read_corpus
-    from selfsup.modeling.encoder import masked_lm, mlm_loss
-    from selfsup.modeling.tokenizer import load_tokenizer
+    from selfsup.text.data import pack_corpus, read_corpus
+    from selfsup.text.model import masked_lm, mlm_loss
+    from selfsup.text.tokenizer import load_tokenizer
     from selfsup.runtime import autocast
 
     cfg = load_config("params.yaml", args.overrides)

@@ -1,7 +1,7 @@
 """Label efficiency on text: the pretrained encoder against the same model from scratch, at several label counts.
 
 For each label count both arms fine-tune with the task's ``params.yaml`` settings on a stratified sample of that size
-(``selfsup.recipes.finetune``), are scored on the whole test split, and the macro-F1 gain is printed. The number of
+(``selfsup.text.finetune``), are scored on the whole test split, and the macro-F1 gain is printed. The number of
 optimizer steps is held at what the committed setting uses (``epochs`` x full batches of ``max_train_examples``), so
 a smaller label set is seen for more epochs rather than trained less. Needs the pipeline's tokenizer and pretrained
 encoder (``dvc repro finetune@<task>`` or ``make run``); writes nothing into the pipeline's outputs.
@@ -34,10 +34,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from selfsup.config import load_config
-    from selfsup.data.text import read_labelled
-    from selfsup.modeling.encoder import load_classifier
-    from selfsup.modeling.tokenizer import load_tokenizer
-    from selfsup.recipes.finetune import INITS, classification_scores, finetune, predict_logits
+    from selfsup.text.data import read_labelled
+    from selfsup.text.model import load_classifier
+    from selfsup.text.tokenizer import load_tokenizer
+    from selfsup.metrics import classification_scores
+    from selfsup.text.finetune import finetune
+    from selfsup.text.model import INITS, predict_logits
 
     cfg = load_config(args.params, args.overrides)
     spec, task_cfg = cfg.data.tasks[args.task], cfg.finetune.tasks[args.task]

@@ -4,7 +4,7 @@
 
 Per batch (file-name order): validate (Great Expectations ``batch`` suite) → quarantine + alert if it fails →
 otherwise score with ``<prefix>-sentiment@champion`` through onnxruntime → append to the history (negative share
-overall and per segment) → apply the surge rule (``selfsup.monitoring``) → alert on a surge. Then the trend plot and
+overall and per segment) → apply the surge rule (``selfsup.monitoring.sentiment``) → alert on a surge. Then the trend plot and
 report are rewritten and logged, with one metric per batch, to the MLflow experiment ``<experiment>-monitoring``.
 Alerts go through the Prefect notification block named by ``monitor.alert_block`` (Slack, Teams, e-mail, webhook).
 """
@@ -26,7 +26,7 @@ from flows.common import in_project, retry_on_io, send_alert
       retry_condition_fn=retry_on_io)
 def fetch_model(params: str, section: str) -> tuple[int, str]:
     from selfsup.config import load_config
-    from selfsup.registry import fetch_model as fetch
+    from selfsup.registry.lifecycle import fetch_model as fetch
 
     cfg = load_config(params)
     spec = getattr(cfg, section)
@@ -38,8 +38,8 @@ def fetch_model(params: str, section: str) -> tuple[int, str]:
 @task(task_run_name="validate {batch.name}")
 def validate(batch: Path, params: str, section: str):
     from selfsup.config import load_config
-    from selfsup.data.validation import validate_batch
-    from selfsup.monitoring import table_rules
+    from selfsup.datasets.validation import validate_batch
+    from selfsup.monitoring.sentiment import table_rules
 
     spec = getattr(load_config(params), section)
     table, failures = validate_batch(batch, table_rules(spec.batch), spec.batch.min_rows)
@@ -48,7 +48,7 @@ def validate(batch: Path, params: str, section: str):
 
 @task(task_run_name="quarantine {batch.name}")
 def quarantine_batch(batch: Path, state_dir: str, reasons: list[str], alert_block: str) -> dict:
-    from selfsup.monitoring import quarantine
+    from selfsup.monitoring.sentiment import quarantine
 
     target = quarantine(batch, Path(state_dir), reasons)
     shown = "\n".join(reasons[:5]) + (f"\n... and {len(reasons) - 5} more" if len(reasons) > 5 else "")
@@ -61,7 +61,7 @@ def quarantine_batch(batch: Path, state_dir: str, reasons: list[str], alert_bloc
 @task(task_run_name="score {batch.name}")
 def score_batch(batch: Path, table, model_dir: str, model_version: int, params: str) -> dict:
     from selfsup.config import load_config
-    from selfsup.monitoring import (append_history, check_surge, history_row, mark_processed, read_history,
+    from selfsup.monitoring.sentiment import (append_history, check_surge, history_row, mark_processed, read_history,
                                     segment_shares)
     from selfsup.serve.predict import OnnxClassifier
 
@@ -93,7 +93,7 @@ def alert_surge(result: dict, alert_block: str, negative_label: str) -> bool:
       retry_condition_fn=retry_on_io)
 def publish(params: str, scored: list[dict], quarantined: list[dict], model_version: int | None) -> dict:
     from selfsup.config import load_config
-    from selfsup.monitoring import plot_trend, read_history, write_report
+    from selfsup.monitoring.sentiment import plot_trend, read_history, write_report
 
     cfg = load_config(params)
     state = Path(cfg.monitor.state_dir)
@@ -126,7 +126,7 @@ def monitor_sentiment(repo: str = ".") -> dict:
     logger = get_run_logger()
     with in_project(repo):
         from selfsup.config import load_config
-        from selfsup.monitoring import inbox_batches
+        from selfsup.monitoring.sentiment import inbox_batches
 
         cfg = load_config(params)
         cfg.served_task("monitor")

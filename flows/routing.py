@@ -25,7 +25,7 @@ FIELDS = ["id", "text", "intent", "confidence", "runner_up", "needs_human"]
 @task(task_run_name="route {batch.name}")
 def route_batch(batch: Path, table, model_dir: str, params: str) -> dict:
     from selfsup.config import load_config
-    from selfsup.monitoring import mark_processed, route, write_csv
+    from selfsup.monitoring.sentiment import mark_processed, route, write_csv
     from selfsup.serve.predict import OnnxClassifier
 
     cfg = load_config(params).route
@@ -51,7 +51,7 @@ def route_messages(repo: str = ".") -> dict:
     params = "params.yaml"
     with in_project(repo):
         from selfsup.config import load_config
-        from selfsup.monitoring import inbox_batches
+        from selfsup.monitoring.sentiment import inbox_batches
 
         cfg = load_config(params)
         cfg.served_task("route")

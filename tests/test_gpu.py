@@ -39,8 +39,8 @@ def gpu_config(repo_root):
 @pytest.fixture(scope="module")
 def text_setup(data_dir, tmp_path_factory):
     """A 400-document slice of the real corpus and a WordPiece tokenizer trained on it."""
-    from selfsup.data.text import read_corpus
-    from selfsup.modeling.tokenizer import save_hf_tokenizer, train_wordpiece
+    from selfsup.text.data import read_corpus
+    from selfsup.text.tokenizer import save_hf_tokenizer, train_wordpiece
 
     root = tmp_path_factory.mktemp("gpu_text")
     tweets = [text for source, text in read_corpus(data_dir / "corpus/unlabeled.jsonl") if source == "tweets"][:400]
@@ -54,7 +54,7 @@ def text_setup(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pretrained_on_gpu(gpu_config, text_setup, tmp_path_factory):
-    from selfsup.recipes.pretrain_mlm import pretrain_mlm
+    from selfsup.text.pretrain_mlm import pretrain_mlm
 
     corpus, tokenizer_dir = text_setup
     root = tmp_path_factory.mktemp("gpu_mlm")
@@ -73,7 +73,7 @@ def test_mlm_pretraining_runs_in_bf16_on_cuda_and_saves_fp32_weights(pretrained_
 
 
 def test_finetuning_runs_in_bf16_on_cuda(gpu_config, text_setup, pretrained_on_gpu, data_dir, tmp_path):
-    from selfsup.recipes.finetune import finetune
+    from selfsup.text.finetune import finetune
 
     _, tokenizer_dir = text_setup
     spec = gpu_config.data.tasks["intent"]
@@ -87,8 +87,8 @@ def test_finetuning_runs_in_bf16_on_cuda(gpu_config, text_setup, pretrained_on_g
 def test_encoder_logits_agree_between_cpu_and_cuda(gpu_config, text_setup):
     """fp32 on both devices: the same weights must give the same logits (to float tolerance). TF32 is switched
     off here: the training setup turns it on, and its 10-bit mantissa alone moves logits by ~2e-4."""
-    from selfsup.modeling.encoder import masked_lm
-    from selfsup.modeling.tokenizer import load_tokenizer
+    from selfsup.text.model import masked_lm
+    from selfsup.text.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(text_setup[1])
     torch.manual_seed(0)
@@ -109,8 +109,8 @@ def test_encoder_logits_agree_between_cpu_and_cuda(gpu_config, text_setup):
 @pytest.mark.parametrize("method", ["simclr", "dino"])
 def test_image_ssl_runs_in_bf16_channels_last_on_cuda(method, data_dir):
     from selfsup.config import SSLPretrainConfig
-    from selfsup.data.images import load_images
-    from selfsup.recipes.image_common import pretrain_ssl
+    from selfsup.vision.data import load_images
+    from selfsup.vision.stages import pretrain_ssl
     from selfsup.tracking import NullTracker
 
     pool = load_images(data_dir / "images/manifest.csv", "train", limit=256)

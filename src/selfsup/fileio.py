@@ -33,3 +33,22 @@ def replace_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)
+
+
+def write_json(path: Path, payload) -> None:
+    """``payload`` as indented JSON with sorted keys (stable diffs for DVC metrics), written atomically."""
+    import json
+
+    write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True))
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    """A CSV with ``header`` then ``rows`` (``\\n`` line ends), written atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())

@@ -50,11 +50,12 @@ def _train_and_crown(project: Path, built_data: Path, task: str, examples: int, 
     """Tokenizer + from-scratch classifier on the task's real training split → ONNX → registry → gate → champion."""
     from selfsup.adapters.mlflow import register_onnx, stage_run
     from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig, load_config
-    from selfsup.data.text import read_labelled
-    from selfsup.export import export_classifier
-    from selfsup.modeling.tokenizer import save_hf_tokenizer, train_wordpiece
-    from selfsup.recipes.finetune import finetune
-    from selfsup.registry import gate_versions, model_name, registration_metrics, sha256_file
+    from selfsup.text.data import read_labelled
+    from selfsup.text.export import export_classifier
+    from selfsup.text.tokenizer import save_hf_tokenizer, train_wordpiece
+    from selfsup.text.finetune import finetune
+    from selfsup.registry.kinds import text_metrics
+    from selfsup.registry.lifecycle import gate_versions, model_name, sha256_file
 
     cfg = load_config(project / "params.yaml", ["gate.min_pretraining_gain=null", f"gate.tasks.{task}.min_accuracy=0.3",
                                                 f"gate.tasks.{task}.min_macro_f1=0.1"])
@@ -71,7 +72,7 @@ def _train_and_crown(project: Path, built_data: Path, task: str, examples: int, 
                       work / "classifier")
     test_texts, _ = read_labelled(built_data / task / "test.csv")
     exported = export_classifier(work / "classifier", labels, test_texts[:300], 48, work / "onnx", 18, 0.999, 1e-3)
-    metrics = registration_metrics({"pretrained": {"accuracy": result.val_accuracy, "macro_f1": result.val_macro_f1},
+    metrics = text_metrics({"pretrained": {"accuracy": result.val_accuracy, "macro_f1": result.val_macro_f1},
                                     "scratch": {"accuracy": 0.0, "macro_f1": 0.0}},
                                    {"label_agreement": exported.label_agreement,
                                     "max_abs_logit_diff": exported.max_abs_logit_diff})
@@ -110,7 +111,7 @@ def _source(text: str) -> str:
 
 
 def test_monitoring_alerts_once_on_the_surge_and_quarantines_the_malformed_batch(project, built_data, alerts):
-    from selfsup.data.text import read_labelled
+    from selfsup.text.data import read_labelled
 
     from flows.monitoring import monitor_sentiment
 
@@ -167,7 +168,7 @@ def test_monitoring_alerts_once_on_the_surge_and_quarantines_the_malformed_batch
 
 
 def test_routing_writes_routed_batches_and_a_needs_human_queue(project, built_data):
-    from selfsup.data.text import read_labelled
+    from selfsup.text.data import read_labelled
 
     from flows.routing import route_messages
 

@@ -18,7 +18,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 
 @dataclass
 class RuleResult:
-    rule: Any  # selfsup.data.suites.Rule
+    rule: Any  # selfsup.datasets.suites.Rule
     success: bool
     unexpected_index: list[int]
     unexpected_count: int

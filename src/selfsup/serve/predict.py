@@ -1,7 +1,7 @@
 """Classify text with an exported model using onnxruntime and tokenizers only — no torch on this path.
 
 An exported model folder holds ``model.onnx``, ``tokenizer.json`` and ``labels.json`` (and ``export.json`` with
-``max_length``); see ``selfsup.export``.
+``max_length``); see ``selfsup.text.export``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,141 @@
+"""The quality gate: may a newly registered model version receive a registry alias?
+
+A pure function of the version's metrics (as recorded on the registry version), the current champion's metrics and
+the thresholds in ``params.yaml`` (``gate`` and, for ONNX parity, ``export``). No MLflow here: the training flow
+and ``selfsup registry`` read the registry through ``selfsup.registry.lifecycle`` and ask this module for the verdict.
+
+Checks, in order (every failing one is reported, not only the first):
+
+* ``min_accuracy`` / ``min_macro_f1`` — the task's test-set minimum (``gate.tasks.<task>``)
+* ONNX parity — label agreement and max |Δlogit| against PyTorch (``export.min_label_agreement`` / ``max_abs_logit_diff``)
+* pretraining gain — pretrained test metric minus the from-scratch baseline's > ``gate.min_pretraining_gain``
+  (or the task's own ``gate.tasks.<task>.min_pretraining_gain``)
+* champion tolerance — not worse than the current champion by more than ``gate.champion_tolerance``
+
+A version that passes becomes ``challenger``; it becomes ``champion`` only when it is strictly better than the
+current champion on ``gate.metric`` (or there is no champion yet).
+
+The image encoder has its own checks (``judge_image``, thresholds in ``gate.image``), on held-out accuracies:
+
+* ``min_knn_accuracy`` / ``min_probe_accuracy`` — kNN accuracy and the exported linear probe's accuracy
+* pretraining gain — kNN accuracy minus the same encoder's at random init > ``gate.image.min_pretraining_gain``
+* no collapse — embedding std / effective rank at the end of pretraining >= ``vision.pretrain.min_embedding_std`` /
+  ``min_effective_rank`` (the values ``pretrain_ssl`` fails on, so a version registered under looser settings is
+  still caught)
+* ONNX parity — ``vision.export.min_label_agreement`` / ``max_abs_diff``
+* champion tolerance — on ``gate.image.metric``, within ``gate.image.champion_tolerance``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from selfsup.config import ExportConfig, GateConfig, ImageGate, SSLExportConfig, SSLPretrainConfig
+
+# The metrics a registered version carries (tags ``metric.<name>``, written by ``selfsup register``).
+REQUIRED_METRICS = ("test_accuracy", "test_macro_f1", "scratch_test_accuracy", "scratch_test_macro_f1",
+                    "onnx_label_agreement", "onnx_max_abs_logit_diff")
+REQUIRED_IMAGE_METRICS = ("knn_accuracy", "probe_accuracy", "random_init_knn_accuracy", "embedding_std",
+                          "effective_rank", "onnx_label_agreement", "onnx_max_abs_diff")
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)  # why it failed; empty when it passed
+    becomes_champion: bool = False
+    score: float = 0.0  # the version's value of gate.metric
+
+    @property
+    def summary(self) -> str:
+        return "passed all checks" if self.passed else "; ".join(self.reasons)
+
+
+def _missing(metrics: dict[str, float], required: tuple[str, ...]) -> Verdict | None:
+    """A failing verdict when the version lacks any required metric tag, else None."""
+    missing = [name for name in required if name not in metrics]
+    if not missing:
+        return None
+    return Verdict(False, [f"the version lacks the metrics {missing} (was it registered by `selfsup register`?)"])
+
+
+def _against_champion(reasons: list[str], score: float, champion: dict[str, float] | None, key: str, label: str,
+                      tolerance: float, tolerance_key: str) -> Verdict:
+    """The champion-tolerance check, then the verdict: a passing version becomes champion when strictly better."""
+    champion_score = None if champion is None else champion.get(key)
+    if champion_score is not None and score < champion_score - tolerance:
+        reasons.append(f"{label} {score:.4f} is worse than the champion's {champion_score:.4f} by more than "
+                       f"{tolerance_key} {tolerance:.4f}")
+    passed = not reasons
+    return Verdict(passed, reasons, passed and (champion_score is None or score > champion_score), score)
+
+
+def judge(task: str, metrics: dict[str, float], champion: dict[str, float] | None, gate: GateConfig,
+          export: ExportConfig) -> Verdict:
+    """The verdict for one version of ``task``. ``champion`` is the current champion's metrics (None: no champion)."""
+    missing = _missing(metrics, REQUIRED_METRICS)
+    if missing:
+        return missing
+    reasons = []
+    minimum = gate.tasks.get(task)
+    if minimum is not None:
+        if metrics["test_accuracy"] < minimum.min_accuracy:
+            reasons.append(f"test accuracy {metrics['test_accuracy']:.4f} < gate.tasks.{task}.min_accuracy "
+                           f"{minimum.min_accuracy:.4f}")
+        if metrics["test_macro_f1"] < minimum.min_macro_f1:
+            reasons.append(f"test macro-F1 {metrics['test_macro_f1']:.4f} < gate.tasks.{task}.min_macro_f1 "
+                           f"{minimum.min_macro_f1:.4f}")
+    if metrics["onnx_label_agreement"] < export.min_label_agreement:
+        reasons.append(f"ONNX label agreement {metrics['onnx_label_agreement']:.4%} < export.min_label_agreement "
+                       f"{export.min_label_agreement:.4%}")
+    if metrics["onnx_max_abs_logit_diff"] > export.max_abs_logit_diff:
+        reasons.append(f"ONNX max |Δlogit| {metrics['onnx_max_abs_logit_diff']:.2e} > export.max_abs_logit_diff "
+                       f"{export.max_abs_logit_diff:.0e}")
+    score = metrics[f"test_{gate.metric}"]
+    required_gain, gain_key = gate.min_pretraining_gain, "gate.min_pretraining_gain"
+    if minimum is not None and minimum.min_pretraining_gain is not None:
+        required_gain, gain_key = minimum.min_pretraining_gain, f"gate.tasks.{task}.min_pretraining_gain"
+    if required_gain is not None:
+        gain = score - metrics[f"scratch_test_{gate.metric}"]
+        if gain <= required_gain:
+            reasons.append(f"pretraining gain in test {gate.metric} is {gain:+.4f}, not > {gain_key} "
+                           f"{required_gain:+.4f} (pretrained {score:.4f} vs from scratch "
+                           f"{metrics[f'scratch_test_{gate.metric}']:.4f})")
+    return _against_champion(reasons, score, champion, f"test_{gate.metric}", f"test {gate.metric}",
+                             gate.champion_tolerance, "gate.champion_tolerance")
+
+
+def judge_image(metrics: dict[str, float], champion: dict[str, float] | None, gate: ImageGate,
+                pretrain: SSLPretrainConfig, export: SSLExportConfig) -> Verdict:
+    """The verdict for one image-encoder version. ``champion`` is the current champion's metrics (None: none)."""
+    missing = _missing(metrics, REQUIRED_IMAGE_METRICS)
+    if missing:
+        return missing
+    reasons = []
+    knn, probe = metrics["knn_accuracy"], metrics["probe_accuracy"]
+    if knn < gate.min_knn_accuracy:
+        reasons.append(f"kNN accuracy {knn:.4f} < gate.image.min_knn_accuracy {gate.min_knn_accuracy:.4f}")
+    if probe < gate.min_probe_accuracy:
+        reasons.append(f"linear-probe accuracy {probe:.4f} < gate.image.min_probe_accuracy "
+                       f"{gate.min_probe_accuracy:.4f}")
+    if gate.min_pretraining_gain is not None:
+        gain = knn - metrics["random_init_knn_accuracy"]
+        if gain <= gate.min_pretraining_gain:
+            reasons.append(f"pretraining gain in kNN accuracy is {gain:+.4f}, not > gate.image.min_pretraining_gain "
+                           f"{gate.min_pretraining_gain:+.4f} (pretrained {knn:.4f} vs random init "
+                           f"{metrics['random_init_knn_accuracy']:.4f})")
+    if metrics["embedding_std"] < pretrain.min_embedding_std:
+        reasons.append(f"collapsed: embedding std {metrics['embedding_std']:.4f} < vision.pretrain.min_embedding_std "
+                       f"{pretrain.min_embedding_std:.4f}")
+    if metrics["effective_rank"] < pretrain.min_effective_rank:
+        reasons.append(f"collapsed: effective rank {metrics['effective_rank']:.2f} < "
+                       f"vision.pretrain.min_effective_rank {pretrain.min_effective_rank:.2f}")
+    if metrics["onnx_label_agreement"] < export.min_label_agreement:
+        reasons.append(f"ONNX label agreement {metrics['onnx_label_agreement']:.4%} < "
+                       f"vision.export.min_label_agreement {export.min_label_agreement:.4%}")
+    if metrics["onnx_max_abs_diff"] > export.max_abs_diff:
+        reasons.append(f"ONNX max |diff| {metrics['onnx_max_abs_diff']:.2e} > vision.export.max_abs_diff "
+                       f"{export.max_abs_diff:.0e}")
+    label = {"knn_accuracy": "kNN accuracy", "probe_accuracy": "linear-probe accuracy"}[gate.metric]
+    return _against_champion(reasons, metrics[gate.metric], champion, gate.metric, label, gate.champion_tolerance,
+                             "gate.image.champion_tolerance")

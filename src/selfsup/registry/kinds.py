@@ -1,0 +1,151 @@
+"""The kinds of model the registry holds, in one table: how each is named, what its registration reads and
+records, how the gate judges it and which metrics ``selfsup registry list`` shows. A new kind of model (say, a
+sentence embedder) is one more ``ModelKind`` here, not another ``if task == ...`` branch elsewhere.
+
+    text   one per declared task (data.tasks): <export.registered_model_prefix>-<task>
+    image  the image encoder + probe, registry task ``image-encoder``: vision.export.registered_model
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from selfsup.config import IMAGE_TASK, Config
+from selfsup.registry.gate import Verdict, judge, judge_image
+
+
+class RegistryError(RuntimeError):
+    """A registry action was refused; the message says why."""
+
+
+@dataclass
+class ExportFiles:
+    """What registering one task's model reads."""
+
+    folder: Path  # model.onnx and the files registered with it
+    extra_files: list[str]
+    reports: dict[str, Path]  # stage reports (metrics.json) by role: the kind's ``metrics`` arguments
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.folder / "model.onnx", *self.reports.values()]
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    modality: str
+    model_name: Callable[[Config, str], str]
+    export_files: Callable[[Config, str, Path], ExportFiles]  # (cfg, task, artifacts folder)
+    metrics: Callable[..., dict[str, float]]  # the version's metric tags, from the reports by role
+    tags: Callable[[dict[str, dict], ExportFiles], dict[str, str]]  # extra version tags; may refuse (RegistryError)
+    judge: Callable[[Config, str, dict[str, float], dict[str, float] | None], Verdict]
+    list_columns: tuple[tuple[str, str], ...]  # (version metric, table header) for ``registry list``
+
+
+# ------------------------------------------------------------------------------------------------------- text
+
+
+def text_metrics(evaluation: dict, export: dict) -> dict[str, float]:
+    """The metrics a text version carries: pretrained and from-scratch test scores, and ONNX parity."""
+    return {
+        **{f"test_{k}": float(v) for k, v in evaluation["pretrained"].items()},
+        **{f"scratch_test_{k}": float(v) for k, v in evaluation["scratch"].items()},
+        "onnx_label_agreement": float(export["label_agreement"]),
+        "onnx_max_abs_logit_diff": float(export["max_abs_logit_diff"]),
+    }
+
+
+def _text_export(cfg: Config, task: str, artifacts: Path) -> ExportFiles:
+    return ExportFiles(Path(cfg.export.out_dir) / task, ["tokenizer.json", "labels.json", "export.json"],
+                       {"evaluation": artifacts / "evaluate" / task / "metrics.json",
+                        "export": artifacts / "export" / task / "metrics.json"})
+
+
+TEXT = ModelKind(
+    modality="text",
+    model_name=lambda cfg, task: f"{cfg.export.registered_model_prefix}-{task}",
+    export_files=_text_export,
+    metrics=text_metrics,
+    tags=lambda reports, files: {"modality": "text"},
+    judge=lambda cfg, task, metrics, champion: judge(task, metrics, champion, cfg.gate, cfg.export),
+    list_columns=(("test_accuracy", "acc"), ("test_macro_f1", "F1"), ("scratch_test_macro_f1", "scr.F1")),
+)
+
+
+# ------------------------------------------------------------------------------------------------------ image
+
+
+def image_metrics(pretrain: dict, evaluation: dict, export: dict) -> dict[str, float]:
+    """The metrics an image-encoder version carries, from the ``pretrain_ssl``, ``evaluate_ssl`` and ``export_ssl``
+    reports: held-out kNN and probe accuracy (``probe_accuracy`` is the exported probe, trained on every pool label;
+    ``probe_accuracy_<share>`` per label share), the random-init and supervised baselines, the collapse monitor's
+    final values and ONNX parity."""
+    ssl, rand = evaluation["ssl"], evaluation["random_init"]
+    return {
+        "knn_accuracy": float(ssl["knn_accuracy"]),
+        "probe_accuracy": float(ssl["probe_accuracy"]["1"]),
+        "random_init_knn_accuracy": float(rand["knn_accuracy"]),
+        "random_init_probe_accuracy": float(rand["probe_accuracy"]["1"]),
+        **{f"probe_accuracy_{share}": float(v) for share, v in ssl["probe_accuracy"].items()},
+        **{f"supervised_accuracy_{share}": float(v)
+           for share, v in evaluation["supervised_from_scratch"]["accuracy"].items()},
+        "embedding_std": float(pretrain["embedding_std"]),
+        "effective_rank": float(pretrain["effective_rank"]),
+        "onnx_label_agreement": float(export["label_agreement"]),
+        "onnx_max_abs_diff": float(export["max_abs_diff"]),
+    }
+
+
+def _image_export(cfg: Config, task: str, artifacts: Path) -> ExportFiles:
+    vc = cfg.vision
+    return ExportFiles(Path(vc.export.out_dir), ["classes.json", "export.json"],
+                       {"pretrain": Path(vc.pretrain.metrics_dir) / "metrics.json",
+                        "evaluation": Path(vc.evaluate.out_dir) / "metrics.json",
+                        "export": artifacts / "export_ssl" / "metrics.json"})
+
+
+def _image_tags(reports: dict[str, dict], files: ExportFiles) -> dict[str, str]:
+    # the reports must describe one encoder: DVC guarantees it, a stage run by hand may not; the method is what
+    # pretrain_ssl and evaluate_ssl both record
+    methods = {role: reports[role].get("method") for role in ("pretrain", "evaluation")}
+    if len(set(methods.values())) != 1:
+        raise RegistryError(f"cannot register the image encoder: its reports disagree on the method "
+                            f"{methods} ({files.reports['pretrain']} vs {files.reports['evaluation']}); "
+                            f"rerun evaluate_ssl and export_ssl (`dvc repro register`)")
+    return {"modality": "image", "method": methods["pretrain"]}
+
+
+IMAGE = ModelKind(
+    modality="image",
+    model_name=lambda cfg, task: cfg.vision.export.registered_model,
+    export_files=_image_export,
+    metrics=image_metrics,
+    tags=_image_tags,
+    judge=lambda cfg, task, metrics, champion: judge_image(metrics, champion, cfg.gate.image, cfg.vision.pretrain,
+                                                           cfg.vision.export),
+    list_columns=(("knn_accuracy", "kNN"), ("probe_accuracy", "probe"), ("random_init_knn_accuracy", "rnd.kNN")),
+)
+
+
+# ------------------------------------------------------------------------------------------------------ tasks
+
+
+def registry_tasks(cfg: Config) -> list[str]:
+    """Every task with a registered model: the declared text tasks, then the image encoder."""
+    return [*cfg.data.tasks, IMAGE_TASK]
+
+
+def kind_of(cfg: Config, task: str) -> ModelKind:
+    """The kind of ``task``'s model; ``RegistryError`` for a task the registry does not hold."""
+    if task == IMAGE_TASK:
+        return IMAGE
+    if task in cfg.data.tasks:
+        return TEXT
+    raise RegistryError(f"unknown task {task!r}; the registry holds the tasks {registry_tasks(cfg)} "
+                        f"(data.tasks, and {IMAGE_TASK!r} for vision.export.registered_model)")
+
+
+def model_name(cfg: Config, task: str) -> str:
+    return kind_of(cfg, task).model_name(cfg, task)

@@ -1,0 +1,160 @@
+"""Sequence-classification fine-tuning, read top to bottom — from the pretrained encoder or from scratch.
+
+    train.csv --tokenizer (truncate to max_length)--> length-grouped batches (dynamic padding)
+      --> encoder + mean pooling + linear head [B, n_labels] --cross-entropy--> AdamW, warm-up then linear decay
+    after every epoch: accuracy / macro-F1 on validation.csv; the best epoch (macro-F1) is kept and saved.
+
+The same function trains the baseline: ``init="scratch"`` builds the same architecture from the config with random
+weights, so the two results differ only by what pretraining learned.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig
+from selfsup.text.data import read_labelled
+from selfsup.fileio import replace_dir, staging_dir
+from selfsup.metrics import classification_scores
+from selfsup.text.model import INITS, classifier_from_pretrained, classifier_from_scratch, collate, encode, predict_logits
+from selfsup.text.tokenizer import load_tokenizer
+from selfsup.runtime import autocast, progress_bar, setup
+from selfsup.tracking import NullTracker, Tracker
+
+@dataclass
+class FinetuneResult:
+    init: str
+    best_epoch: int
+    val_accuracy: float
+    val_macro_f1: float
+    train_examples: int
+    wall_seconds: float
+    history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss
+    epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, val_accuracy, val_macro_f1, val_loss
+
+
+def cap_stratified(texts: list[str], labels: list[str], limit: int, seed: int) -> tuple[list[str], list[str]]:
+    """Exactly ``limit`` examples keeping each label's share (largest-remainder quotas, at least one per label;
+    seeded, deterministic). ``limit=0`` or a limit above the size: everything."""
+    if limit <= 0 or limit >= len(texts):
+        return texts, labels
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    names = sorted(by_label)
+    exact = {label: len(by_label[label]) * limit / len(texts) for label in names}
+    quota = {label: max(1, int(exact[label])) for label in names}
+    by_remainder = sorted(names, key=lambda label: (-(exact[label] - int(exact[label])), label))
+    for label in by_remainder[: max(0, limit - sum(quota.values()))]:
+        quota[label] += 1
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for label in names:
+        members = list(by_label[label])
+        rng.shuffle(members)
+        keep += members[: quota[label]]
+    keep.sort()
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar-length examples, so dynamic padding wastes little: shuffle, sort each window of
+    50 batches by length, cut, shuffle the batches (HF's ``group_by_length`` idea)."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfig, model_cfg: ModelConfig,
+             data_dir: Path, labels: list[str], tokenizer_dir: Path, pretrained_dir: Path | None, out_dir: Path,
+             tracker: Tracker | None = None) -> FinetuneResult:
+    """Fine-tune one classifier and save its best epoch (HF format) to ``out_dir``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    tracker = tracker or NullTracker()
+    device = setup(loop)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    label_id = {label: i for i, label in enumerate(labels)}
+
+    texts, y = read_labelled(data_dir / "train.csv")
+    texts, y = cap_stratified(texts, y, cfg.max_train_examples, loop.seed)
+    val_texts, val_y = read_labelled(data_dir / "validation.csv")
+    train_ids = encode(tokenizer, texts, cfg.max_length)
+    train_targets = torch.tensor([label_id[label] for label in y])
+    val_targets = [label_id[label] for label in val_y]
+
+    if init == "pretrained":
+        model = classifier_from_pretrained(pretrained_dir, labels)
+        lr = cfg.learning_rate
+    else:
+        model = classifier_from_scratch(model_cfg, len(tokenizer), tokenizer.pad_token_id, labels)
+        lr = cfg.scratch_learning_rate
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(train_ids) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total * cfg.warmup_ratio), total)
+
+    rng = random.Random(loop.seed)
+    lengths = [len(ids) for ids in train_ids]
+    history, epochs, best_state, best = [], [], None, (-1.0, 0)
+    start = time.perf_counter()
+    step = 0
+    progress = progress_bar(total, f"finetune {task} ({init})", loop.progress)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        for batch in length_grouped_batches(lengths, cfg.batch_size, rng):
+            input_ids, mask = collate([train_ids[i] for i in batch], tokenizer.pad_token_id)
+            with autocast(device, loop.precision):
+                logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # [B, C]
+            loss = torch.nn.functional.cross_entropy(logits.float(), train_targets[batch].to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            history.append({"step": step, "epoch": epoch, "loss": loss.item()})
+            tracker.log_metrics({f"{init}.train_loss": loss.item()}, step=step)
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            progress.update(1)
+
+        val_logits = predict_logits(model, tokenizer, val_texts, cfg.max_length, device, loop.precision)
+        val_loss = torch.nn.functional.cross_entropy(val_logits, torch.tensor(val_targets)).item()
+        scores = classification_scores(val_targets, val_logits.argmax(-1).tolist())
+        epochs.append({"epoch": epoch, "step": step, "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}})
+        tracker.log_metrics({f"{init}.val_loss": val_loss, f"{init}.val_accuracy": scores["accuracy"],
+                             f"{init}.val_macro_f1": scores["macro_f1"]}, step=step)
+        progress.write(f"{task} ({init}) epoch {epoch}: val accuracy {scores['accuracy']:.3f}, "
+                       f"macro-F1 {scores['macro_f1']:.3f}, loss {val_loss:.3f}")
+        if scores["macro_f1"] > best[0]:
+            best = (scores["macro_f1"], epoch)
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    progress.close()
+
+    model.load_state_dict(best_state)
+    tmp = staging_dir(out_dir)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    best_epoch = epochs[best[1] - 1]
+    result = FinetuneResult(init=init, best_epoch=best[1], val_accuracy=best_epoch["val_accuracy"],
+                            val_macro_f1=best_epoch["val_macro_f1"], train_examples=len(train_ids),
+                            wall_seconds=time.perf_counter() - start, history=history, epochs=epochs)
+    (tmp / "training.json").write_text(json.dumps(asdict(result), indent=1))
+    replace_dir(tmp, out_dir)
+    return result

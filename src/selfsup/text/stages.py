@@ -1,0 +1,165 @@
+"""The text stages as functions of the config: what ``selfsup tokenizer | pretrain | finetune | evaluate | export``
+run (the CLI only parses arguments and prints). Each reads its inputs from the paths in the config, writes its
+outputs atomically, logs to the tracker and returns the metrics it wrote.
+
+    tokenizer_stage   corpus -> models/tokenizer/, artifacts/tokenizer/metrics.json
+    pretrain_stage    corpus + tokenizer -> models/mlm/, artifacts/pretrain/ (metrics, loss/val CSVs, plot)
+    finetune_stage    task's train/validation + encoder -> models/finetune/<task>/{pretrained,scratch}/,
+                      artifacts/finetune/<task>/metrics.json
+    evaluate_stage    task's test split + both classifiers -> artifacts/evaluate/<task>/
+    export_stage      pretrained classifier -> models/onnx/<task>/ (parity-checked), artifacts/export/<task>/
+
+Registration (and the quality gate) is ``selfsup.registry``'s: the ``register`` stage, after every export.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from selfsup.config import Config, ConfigError, FinetuneTaskConfig, TaskData
+from selfsup.fileio import write_csv, write_json
+
+
+def task_spec(cfg: Config, task: str) -> tuple[TaskData, FinetuneTaskConfig]:
+    """The data and fine-tuning settings of a declared task; ``ConfigError`` for an unknown one."""
+    if task not in cfg.data.tasks:
+        raise ConfigError(f"unknown task {task!r}; declared under data.tasks: {sorted(cfg.data.tasks)}")
+    if task not in cfg.finetune.tasks:
+        raise ConfigError(f"finetune.tasks.{task}: no fine-tuning settings for task {task!r}")
+    return cfg.data.tasks[task], cfg.finetune.tasks[task]
+
+
+def tokenizer_stage(cfg: Config, params_file: Path) -> dict:
+    """Train the WordPiece tokenizer on the corpus; report how well it fits tweets (the tasks' register)."""
+    from selfsup.fileio import replace_dir, staging_dir
+    from selfsup.text.data import read_corpus
+    from selfsup.text.tokenizer import load_tokenizer, save_hf_tokenizer, train_wordpiece
+    from selfsup.tracking import open_run
+
+    start = time.perf_counter()
+    docs = read_corpus(cfg.data.corpus)
+    tokenizer = train_wordpiece((text for _, text in docs), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
+                                cfg.tokenizer.lowercase)
+    out = Path(cfg.tokenizer.out_dir)
+    staging = staging_dir(out)
+    save_hf_tokenizer(tokenizer, staging, cfg.pretrain.model.max_position)
+    replace_dir(staging, out)
+    sample = [text for source, text in docs if source == "tweets"][:2000] or [t for _, t in docs[:200]]
+    fast = load_tokenizer(out)
+    tokenized = [fast.tokenize(t) for t in sample]
+    pieces = sum(map(len, tokenized))
+    words = sum(len(t.split()) for t in sample)
+    unk = sum(tokens.count("[UNK]") for tokens in tokenized)
+    metrics = {"vocab_size": len(fast), "pieces_per_word_tweets": pieces / max(words, 1),
+               "unk_rate_tweets": unk / max(pieces, 1), "seconds": time.perf_counter() - start}
+    write_json(Path("artifacts/tokenizer/metrics.json"), metrics)
+    with open_run(cfg, "tokenizer", params_file, cfg.tokenizer) as tracker:
+        tracker.log_metrics(metrics)
+    return metrics
+
+
+def pretrain_stage(cfg: Config, params_file: Path, checkpoint_dir: Path):
+    """Masked-language-model pretraining; writes metrics.json, loss.csv, val.csv and loss.png for DVC."""
+    from selfsup.text.pretrain_mlm import pretrain_mlm
+    from selfsup.tracking import open_run
+
+    pc = cfg.pretrain
+    metrics_dir = Path(pc.metrics_dir)
+    with open_run(cfg, "pretrain_mlm", params_file, pc) as tracker:
+        result = pretrain_mlm(pc, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), checkpoint_dir, tracker)
+        write_json(metrics_dir / "metrics.json",
+                   {k: v for k, v in result.__dict__.items() if k not in ("history", "evals")})
+        write_csv(metrics_dir / "loss.csv", ["step", "train_loss"],
+                  [(h["step"], f"{h['loss']:.5f}") for h in result.history])
+        write_csv(metrics_dir / "val.csv", ["step", "val_loss", "val_perplexity"],
+                  [(e["step"], f"{e['val_loss']:.5f}", f"{e['val_perplexity']:.3f}") for e in result.evals])
+        _plot_pretrain(result, metrics_dir / "loss.png")
+        tracker.log_metrics({"final_val_loss": result.val_loss, "final_val_perplexity": result.val_perplexity,
+                             "mean_tokens_per_s": result.tokens_per_second})
+        tracker.log_artifact(metrics_dir)
+    return result
+
+
+def _plot_pretrain(result, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    losses = np.array([h["loss"] for h in result.history])
+    window = max(1, len(losses) // 50)
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    ax.plot([h["step"] for h in result.history][window - 1 :], np.convolve(losses, np.ones(window) / window, "valid"),
+            label="train (moving average)")
+    ax.plot([e["step"] for e in result.evals], [e["val_loss"] for e in result.evals], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MLM loss")
+    ax.set_title("masked-language-model pretraining")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def finetune_stage(cfg: Config, params_file: Path, task: str) -> dict:
+    """Fine-tune ``task`` from the pretrained encoder and from scratch (same settings); validation summary."""
+    from selfsup.text.finetune import finetune
+    from selfsup.text.model import INITS
+    from selfsup.tracking import open_run
+
+    spec, task_cfg = task_spec(cfg, task)
+    summary = {}
+    with open_run(cfg, "finetune", params_file, task_cfg, task=task) as tracker:
+        for init in INITS:
+            result = finetune(task, init, task_cfg, cfg.finetune.loop, cfg.pretrain.model, Path(spec.dir),
+                              spec.labels, Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir),
+                              Path(task_cfg.out_dir) / task / init, tracker)
+            summary[init] = {"val_accuracy": result.val_accuracy, "val_macro_f1": result.val_macro_f1,
+                             "best_epoch": result.best_epoch, "train_examples": result.train_examples,
+                             "seconds": result.wall_seconds}
+            tracker.log_metrics({f"{init}.best_val_macro_f1": result.val_macro_f1,
+                                 f"{init}.best_val_accuracy": result.val_accuracy})
+    write_json(Path("artifacts/finetune") / task / "metrics.json", summary)
+    return summary
+
+
+def evaluate_stage(cfg: Config, params_file: Path, task: str) -> dict:
+    """Test-set metrics, per-class reports, confusion matrices and loss curves of both classifiers of ``task``."""
+    from selfsup.runtime import setup
+    from selfsup.text.evaluate import evaluate_task
+    from selfsup.tracking import open_run
+
+    spec, task_cfg = task_spec(cfg, task)
+    out_dir = Path("artifacts/evaluate") / task
+    device = setup(cfg.finetune.loop)
+    metrics = evaluate_task(task, spec.labels, Path(spec.dir) / "test.csv", Path(task_cfg.out_dir) / task,
+                            task_cfg.max_length, out_dir, device)
+    with open_run(cfg, "evaluate", params_file, task=task) as tracker:
+        for init in ("pretrained", "scratch"):
+            tracker.log_metrics({f"test_{init}_{k}": v for k, v in metrics[init].items()})
+        tracker.log_metrics({f"pretraining_gain_{k}": v for k, v in metrics["pretraining_gain"].items()})
+        tracker.log_artifact(out_dir)
+    return metrics
+
+
+def export_stage(cfg: Config, params_file: Path, task: str):
+    """ONNX export of ``task``'s pretrained classifier; raises ``ExportParityError`` (nothing written) on a
+    mismatch with PyTorch."""
+    from selfsup.text.data import read_labelled
+    from selfsup.text.export import export_classifier
+    from selfsup.tracking import open_run
+
+    spec, task_cfg = task_spec(cfg, task)
+    texts, _ = read_labelled(Path(spec.dir) / "test.csv")
+    out_dir = Path(cfg.export.out_dir) / task
+    result = export_classifier(Path(task_cfg.out_dir) / task / "pretrained", spec.labels, texts, task_cfg.max_length,
+                               out_dir, cfg.export.opset, cfg.export.min_label_agreement,
+                               cfg.export.max_abs_logit_diff)
+    write_json(Path("artifacts/export") / task / "metrics.json", asdict(result))
+    with open_run(cfg, "export", params_file, cfg.export, task=task) as tracker:
+        tracker.log_metrics({"onnx_max_abs_logit_diff": result.max_abs_logit_diff,
+                             "onnx_label_agreement": result.label_agreement})
+    return result

@@ -1,0 +1,104 @@
+"""Negative-free pretraining: BYOL, SimSiam and DINO. An online (student) network learns to predict what a target
+(teacher) network outputs for another view of the same image; no other image is involved, so something else must
+prevent the trivial constant solution:
+
+* BYOL    — a predictor on the online side and a target that is an EMA of the online network;
+* SimSiam — a predictor and a stop-gradient on the target branch (the target *is* the online network, no EMA);
+* DINO    — an EMA teacher whose outputs are centred and sharpened (``DINOLoss``), no predictor.
+
+Read top to bottom: build the networks, then one loop of augment -> both branches -> symmetric loss -> step ->
+teacher update -> monitor.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from selfsup.config import SSLPretrainConfig
+from selfsup.vision.augment import TwoViews
+from selfsup.vision.losses import DINOLoss, NegativeCosineLoss
+from selfsup.vision.model import DINOHead, MLPHead, build_backbone, frozen_copy, update_ema
+from selfsup.vision.ssl_common import (
+    SSLResult, check_collapse, learning_rate_at, make_optimizer, momentum_at, monitor_collapse, pool_batches,
+    set_learning_rate,
+)
+from selfsup.runtime import autocast, progress_bar
+
+
+def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker) -> tuple[torch.nn.Module,
+                                                                                          SSLResult]:
+    if cfg.method not in ("byol", "simsiam", "dino"):
+        raise ValueError(f"self_distillation.train runs byol, simsiam or dino, not {cfg.method!r}")
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    encoder = build_backbone(cfg.backbone, pool.shape[1], cfg.width).to(device, memory_format=memory_format)
+    if cfg.method == "dino":
+        head = DINOHead(encoder.out_dim, cfg.hidden_dim, cfg.dino_out_dim).to(device)
+        loss_fn = DINOLoss(cfg.dino_out_dim, cfg.teacher_temperature, cfg.student_temperature,
+                           cfg.center_momentum).to(device)
+        trained = [encoder, head]
+    else:
+        head = MLPHead(encoder.out_dim, cfg.hidden_dim, cfg.projection_dim).to(device)  # projector
+        predictor = MLPHead(cfg.projection_dim, cfg.hidden_dim, cfg.projection_dim).to(device)
+        loss_fn = NegativeCosineLoss()
+        trained = [encoder, head, predictor]
+    uses_ema = cfg.method in ("byol", "dino")
+    if uses_ema:
+        teacher_encoder, teacher_head = frozen_copy(encoder), frozen_copy(head)
+    optimizer = make_optimizer(trained, cfg)
+    augment = TwoViews(cfg.augment, cfg.image_size)
+    monitor_images = torch.from_numpy(pool[: cfg.monitor_images])
+    history, monitor = [], []
+    start = time.perf_counter()
+    bar = progress_bar(cfg.max_steps, cfg.method, cfg.loop.progress)
+    for step, images in enumerate(pool_batches(pool, cfg.batch_size, cfg.max_steps, cfg.loop.seed), start=1):
+        lr = learning_rate_at(step, cfg)
+        set_learning_rate(optimizer, lr)
+        view1, view2 = (v.to(device, memory_format=memory_format) for v in augment(images))  # [B, C, S, S] each
+        with autocast(device, cfg.loop.precision):
+            both = torch.cat([view1, view2])  # one pass for both views: [2B, C, S, S]
+            online = head(encoder(both))  # [2B, P] (dino: [2B, K] prototype scores)
+            if cfg.method == "dino":
+                with torch.no_grad():
+                    teacher = teacher_head(teacher_encoder(both))  # [2B, K]
+                student_views, teacher_views = online.view(2, -1, online.shape[-1]), teacher.view(2, -1,
+                                                                                                 teacher.shape[-1])
+                loss = loss_fn(student_views, teacher_views)  # view 1 predicts view 2 and vice versa
+            else:
+                p1, p2 = predictor(online).chunk(2)  # [B, P] each
+                if cfg.method == "byol":
+                    with torch.no_grad():
+                        z1, z2 = teacher_head(teacher_encoder(both)).chunk(2)
+                else:  # simsiam: the target is the online projection itself; the loss stops its gradient
+                    z1, z2 = online.chunk(2)
+                loss = 0.5 * (loss_fn(p1, z2) + loss_fn(p2, z1))  # symmetric: each view predicts the other
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cfg.method == "dino":
+            loss_fn.update_center(teacher_views)
+        if uses_ema:
+            momentum = momentum_at(step, cfg)
+            update_ema(teacher_encoder, encoder, momentum)
+            update_ema(teacher_head, head, momentum)
+        loss_value = float(loss.detach())
+        if not np.isfinite(loss_value):
+            raise FloatingPointError(f"{cfg.method}: loss became {loss_value} at step {step}; lower the learning rate")
+        history.append({"step": step, "loss": loss_value, "lr": lr})
+        tracker.log_metrics({"train_loss": loss_value, "learning_rate": lr}, step=step)
+        if step % cfg.monitor_every == 0 or step == cfg.max_steps:
+            stats = monitor_collapse(encoder, monitor_images, device)
+            monitor.append({"step": step, **stats})
+            tracker.log_metrics(stats, step=step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+    bar.close()
+    wall = time.perf_counter() - start
+    final = monitor[-1]
+    result = SSLResult(cfg.method, cfg.max_steps, wall, cfg.max_steps * cfg.batch_size / wall, history[-1]["loss"],
+                       final["embedding_std"], final["effective_rank"], history, monitor)
+    check_collapse(final, cfg, result)
+    # BYOL/DINO evaluate the teacher (the EMA is the better encoder); SimSiam has only the one network
+    return (teacher_encoder if uses_ema else encoder).eval(), result

@@ -1,0 +1,122 @@
+"""The quality gate's rules, one at a time (pure function; the registry side is in tests/flows)."""
+
+import pytest
+
+from selfsup.config import ExportConfig, GateConfig, TaskGate
+from selfsup.registry.gate import judge
+
+GOOD = {"test_accuracy": 0.80, "test_macro_f1": 0.75, "scratch_test_accuracy": 0.70, "scratch_test_macro_f1": 0.65,
+        "onnx_label_agreement": 1.0, "onnx_max_abs_logit_diff": 1e-6}
+
+
+def _gate(**kw):
+    return GateConfig(**{"tasks": {"t": TaskGate(min_accuracy=0.5, min_macro_f1=0.5)}, **kw})
+
+
+def test_a_good_first_version_passes_and_becomes_champion():
+    verdict = judge("t", GOOD, None, _gate(), ExportConfig())
+    assert verdict.passed and verdict.becomes_champion and verdict.reasons == []
+
+
+@pytest.mark.parametrize("change, phrase", [
+    ({"test_accuracy": 0.4}, "test accuracy 0.4000 < gate.tasks.t.min_accuracy"),
+    ({"test_macro_f1": 0.3, "scratch_test_macro_f1": 0.2}, "test macro-F1 0.3000 < gate.tasks.t.min_macro_f1"),
+    ({"onnx_label_agreement": 0.99}, "ONNX label agreement"),
+    ({"onnx_max_abs_logit_diff": 0.5}, "ONNX max |Δlogit|"),
+    ({"scratch_test_macro_f1": 0.75}, "pretraining gain in test macro_f1 is +0.0000"),
+])
+def test_each_rule_fails_with_its_reason(change, phrase):
+    verdict = judge("t", {**GOOD, **change}, None, _gate(), ExportConfig())
+    assert not verdict.passed and not verdict.becomes_champion
+    assert any(phrase in reason for reason in verdict.reasons), verdict.reasons
+
+
+def test_champion_tolerance_and_strict_improvement():
+    champion = {**GOOD, "test_macro_f1": 0.80}
+    within = judge("t", GOOD, champion, _gate(champion_tolerance=0.06), ExportConfig())
+    assert within.passed and not within.becomes_champion  # challenger only: not better than the champion
+    beyond = judge("t", GOOD, champion, _gate(champion_tolerance=0.04), ExportConfig())
+    assert not beyond.passed and "worse than the champion's 0.8000" in beyond.summary
+    better = judge("t", {**GOOD, "test_macro_f1": 0.81}, champion, _gate(), ExportConfig())
+    assert better.passed and better.becomes_champion
+
+
+def test_pretraining_gain_can_be_switched_off_and_missing_metrics_fail():
+    assert judge("t", {**GOOD, "scratch_test_macro_f1": 0.9}, None, _gate(min_pretraining_gain=None),
+                 ExportConfig()).passed
+    verdict = judge("t", {"test_accuracy": 0.9}, None, _gate(), ExportConfig())
+    assert not verdict.passed and "lacks the metrics" in verdict.summary
+
+
+
+def test_a_task_can_set_its_own_pretraining_gain():
+    tie = {**GOOD, "scratch_test_macro_f1": 0.76}  # pretrained 0.75: 0.01 below scratch
+    strict = judge("t", tie, None, _gate(), ExportConfig())
+    assert not strict.passed and "not > gate.min_pretraining_gain +0.0000" in strict.summary
+    tolerant = _gate(tasks={"t": TaskGate(min_accuracy=0.5, min_macro_f1=0.5, min_pretraining_gain=-0.02)})
+    assert judge("t", tie, None, tolerant, ExportConfig()).passed
+    beyond = judge("t", {**tie, "scratch_test_macro_f1": 0.78}, None, tolerant, ExportConfig())
+    assert not beyond.passed and "not > gate.tasks.t.min_pretraining_gain -0.0200" in beyond.summary
+    # a task's own value also applies when the global requirement is switched off
+    assert not judge("t", {**tie, "scratch_test_macro_f1": 0.78}, None,
+                     _gate(min_pretraining_gain=None, tasks=tolerant.tasks), ExportConfig()).passed
+
+# ---------------------------------------------------------------------------------------------- the image encoder
+
+IMAGE = {"knn_accuracy": 0.78, "probe_accuracy": 0.79, "random_init_knn_accuracy": 0.75, "embedding_std": 0.43,
+         "effective_rank": 30.0, "onnx_label_agreement": 1.0, "onnx_max_abs_diff": 6e-6}
+
+
+def _judge_image(metrics, champion=None, **gate):
+    from selfsup.config import ImageGate, SSLExportConfig, SSLPretrainConfig
+    from selfsup.registry.gate import judge_image
+
+    return judge_image(metrics, champion, ImageGate(**{"min_knn_accuracy": 0.7, "min_probe_accuracy": 0.7, **gate}),
+                       SSLPretrainConfig(min_embedding_std=0.1, min_effective_rank=2.0),
+                       SSLExportConfig(max_abs_diff=1e-3, min_label_agreement=0.999))
+
+
+def test_a_good_first_image_encoder_passes_and_becomes_champion():
+    verdict = _judge_image(IMAGE)
+    assert verdict.passed and verdict.becomes_champion and verdict.score == 0.78 and verdict.reasons == []
+
+
+@pytest.mark.parametrize("change, phrase", [
+    ({"knn_accuracy": 0.65, "random_init_knn_accuracy": 0.6},
+     "kNN accuracy 0.6500 < gate.image.min_knn_accuracy 0.7000"),
+    ({"probe_accuracy": 0.5}, "linear-probe accuracy 0.5000 < gate.image.min_probe_accuracy 0.7000"),
+    ({"random_init_knn_accuracy": 0.78},
+     "pretraining gain in kNN accuracy is +0.0000, not > gate.image.min_pretraining_gain +0.0000 (pretrained 0.7800 "
+     "vs random init 0.7800)"),
+    ({"embedding_std": 0.01}, "collapsed: embedding std 0.0100 < vision.pretrain.min_embedding_std 0.1000"),
+    ({"effective_rank": 1.2}, "collapsed: effective rank 1.20 < vision.pretrain.min_effective_rank 2.00"),
+    ({"onnx_label_agreement": 0.99}, "ONNX label agreement 99.0000% < vision.export.min_label_agreement 99.9000%"),
+    ({"onnx_max_abs_diff": 0.01}, "ONNX max |diff| 1.00e-02 > vision.export.max_abs_diff 1e-03"),
+])
+def test_each_image_rule_fails_with_value_threshold_and_key(change, phrase):
+    verdict = _judge_image({**IMAGE, **change})
+    assert not verdict.passed and not verdict.becomes_champion
+    assert verdict.reasons == [phrase], verdict.reasons
+
+
+def test_every_failing_image_rule_is_reported():
+    verdict = _judge_image({**IMAGE, "knn_accuracy": 0.1, "probe_accuracy": 0.1, "embedding_std": 0.0,
+                            "effective_rank": 1.0, "onnx_max_abs_diff": 1.0})
+    assert len(verdict.reasons) == 6, verdict.reasons  # both minima, gain, both collapse checks, parity
+
+
+def test_image_champion_tolerance_on_the_configured_metric():
+    champion = {**IMAGE, "knn_accuracy": 0.80, "probe_accuracy": 0.70}
+    within = _judge_image(IMAGE, champion, champion_tolerance=0.03)
+    assert within.passed and not within.becomes_champion  # challenger only
+    beyond = _judge_image(IMAGE, champion, champion_tolerance=0.01)
+    assert beyond.reasons == ["kNN accuracy 0.7800 is worse than the champion's 0.8000 by more than "
+                              "gate.image.champion_tolerance 0.0100"]
+    on_probe = _judge_image(IMAGE, champion, metric="probe_accuracy", champion_tolerance=0.0)
+    assert on_probe.passed and on_probe.becomes_champion and on_probe.score == 0.79
+
+
+def test_image_gain_can_be_switched_off_and_missing_metrics_fail():
+    assert _judge_image({**IMAGE, "random_init_knn_accuracy": 0.9}, min_pretraining_gain=None).passed
+    verdict = _judge_image({"knn_accuracy": 0.9})  # e.g. a version registered before the gate existed
+    assert not verdict.passed and "lacks the metrics" in verdict.summary and "embedding_std" in verdict.summary
