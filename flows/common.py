@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -12,23 +13,29 @@ from prefect import get_run_logger
 from prefect.blocks.core import Block
 
 # Errors worth retrying: the network, the disk, a busy SQLite database. Anything else (a bug, a failed check) would
-# fail the same way again, so it fails the task at once.
-IO_ERRORS = (OSError, TimeoutError, ConnectionError)
+# fail the same way again, so it fails the task at once. Decided by type where the failure happened, never by words
+# in a message: OSError covers ConnectionError, TimeoutError, URLError, requests' errors and TransientStageError (a
+# command that exited with selfsup's I/O exit code).
+IO_ERRORS = (OSError,)
+# SQLite's primary result codes for a database that is busy, locked, failing to read/write, or on a full disk (a
+# missing table or column is SQLITE_ERROR: a bug). sqlite3 errors carry the code since Python 3.11.
+SQLITE_TRANSIENT = {5: "SQLITE_BUSY", 6: "SQLITE_LOCKED", 10: "SQLITE_IOERR", 13: "SQLITE_FULL"}
 
 
 def is_io_error(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, IO_ERRORS) or type(exc).__name__ in {"OperationalError", "DvcException", "RemoteCacheRequiredError",
-                                                                 "MlflowException"} and _looks_transient(exc):
+    """True when ``exc`` or any exception in its chain of causes is an I/O failure. The chain matters: MLflow
+    reports a locked store as MlflowException, raised from SQLAlchemy's error, raised from sqlite3's."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, IO_ERRORS) or _sqlite_transient(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
 
 
-def _looks_transient(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "timeout", "timed out", "connection", "unavailable", "network",
-                                         "temporarily", "503", "502", "504", "remote"))
+def _sqlite_transient(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in SQLITE_TRANSIENT
 
 
 def retry_on_io(task, task_run, state) -> bool:

@@ -4,9 +4,10 @@
 
 Per batch (file-name order): validate (Great Expectations ``batch`` suite) → quarantine + alert if it fails →
 otherwise score with ``<prefix>-sentiment@champion`` through onnxruntime → append to the history (negative share
-overall and per segment) → apply the surge rule (``selfsup.monitoring.sentiment``) → alert on a surge. Then the trend plot and
-report are rewritten and logged, with one metric per batch, to the MLflow experiment ``<experiment>-monitoring``.
-Alerts go through the Prefect notification block named by ``monitor.alert_block`` (Slack, Teams, e-mail, webhook).
+overall and per segment) → apply the surge rule (``selfsup.monitoring.sentiment``) → alert on a surge. Then the
+trend plot and report are rewritten and logged, with one metric per batch, to the MLflow experiment
+``<experiment>-monitoring``. Alerts go through the Prefect notification block named by ``monitor.alert_block``
+(Slack, Teams, e-mail, webhook). The fetch / validate / quarantine tasks are shared with routing (``flows/inbox.py``).
 """
 
 from __future__ import annotations
@@ -20,49 +21,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from flows.common import in_project, retry_on_io, send_alert
-
-
-@task(name="fetch the champion model", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_condition_fn=retry_on_io)
-def fetch_model(params: str, section: str) -> tuple[int, str]:
-    from selfsup.config import load_config
-    from selfsup.registry.lifecycle import fetch_model as fetch
-
-    cfg = load_config(params)
-    spec = getattr(cfg, section)
-    version, folder = fetch(cfg, spec.task, spec.alias, Path(spec.state_dir) / "model")
-    get_run_logger().info("using %s-%s v%s (@%s)", cfg.export.registered_model_prefix, spec.task, version, spec.alias)
-    return version, str(folder)
-
-
-@task(task_run_name="validate {batch.name}")
-def validate(batch: Path, params: str, section: str):
-    from selfsup.config import load_config
-    from selfsup.datasets.validation import validate_batch
-    from selfsup.monitoring.sentiment import table_rules
-
-    spec = getattr(load_config(params), section)
-    table, failures = validate_batch(batch, table_rules(spec.batch), spec.batch.min_rows)
-    return table, [f.message() for f in failures]
-
-
-@task(task_run_name="quarantine {batch.name}")
-def quarantine_batch(batch: Path, state_dir: str, reasons: list[str], alert_block: str) -> dict:
-    from selfsup.monitoring.sentiment import quarantine
-
-    target = quarantine(batch, Path(state_dir), reasons)
-    shown = "\n".join(reasons[:5]) + (f"\n... and {len(reasons) - 5} more" if len(reasons) > 5 else "")
-    get_run_logger().error("batch %s quarantined (%d failing checks):\n%s", batch.name, len(reasons), shown)
-    send_alert(alert_block, f"[selfsup] batch {batch.name} quarantined",
-               f"Batch {batch.name} failed validation and was not scored; moved to {target}.\n{shown}")
-    return {"batch": batch.name, "reason": reasons[0] if reasons else "", "moved_to": str(target)}
+from flows.inbox import fetch_model, quarantine_batch, validate
 
 
 @task(task_run_name="score {batch.name}")
 def score_batch(batch: Path, table, model_dir: str, model_version: int, params: str) -> dict:
     from selfsup.config import load_config
-    from selfsup.monitoring.sentiment import (append_history, check_surge, history_row, mark_processed, read_history,
-                                    segment_shares)
+    from selfsup.monitoring.inbox import mark_processed
+    from selfsup.monitoring.sentiment import append_history, check_surge, history_row, read_history, segment_shares
     from selfsup.serve.predict import OnnxClassifier
 
     cfg = load_config(params).monitor
@@ -126,7 +92,7 @@ def monitor_sentiment(repo: str = ".") -> dict:
     logger = get_run_logger()
     with in_project(repo):
         from selfsup.config import load_config
-        from selfsup.monitoring.sentiment import inbox_batches
+        from selfsup.monitoring.inbox import inbox_batches
 
         cfg = load_config(params)
         cfg.served_task("monitor")

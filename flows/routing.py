@@ -17,15 +17,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.common import in_project
-from flows.monitoring import fetch_model, quarantine_batch, validate
-
-FIELDS = ["id", "text", "intent", "confidence", "runner_up", "needs_human"]
+from flows.inbox import fetch_model, quarantine_batch, validate
 
 
 @task(task_run_name="route {batch.name}")
 def route_batch(batch: Path, table, model_dir: str, params: str) -> dict:
     from selfsup.config import load_config
-    from selfsup.monitoring.sentiment import mark_processed, route, write_csv
+    from selfsup.monitoring.inbox import mark_processed, write_csv
+    from selfsup.monitoring.routing import ROUTED_FIELDS, route
     from selfsup.serve.predict import OnnxClassifier
 
     cfg = load_config(params).route
@@ -33,9 +32,9 @@ def route_batch(batch: Path, table, model_dir: str, params: str) -> dict:
     routed, needs_human = route(table.columns["id"], texts, OnnxClassifier(Path(model_dir)).predict(texts),
                                 cfg.min_confidence)
     state = Path(cfg.state_dir)
-    write_csv(state / "routed" / batch.name, routed, FIELDS)
+    write_csv(state / "routed" / batch.name, routed, ROUTED_FIELDS)
     if needs_human:
-        write_csv(state / "needs_human" / batch.name, needs_human, FIELDS)
+        write_csv(state / "needs_human" / batch.name, needs_human, ROUTED_FIELDS)
     mark_processed(batch, state)
     counts: dict[str, int] = {}
     for row in routed:
@@ -51,7 +50,7 @@ def route_messages(repo: str = ".") -> dict:
     params = "params.yaml"
     with in_project(repo):
         from selfsup.config import load_config
-        from selfsup.monitoring.sentiment import inbox_batches
+        from selfsup.monitoring.inbox import inbox_batches
 
         cfg = load_config(params)
         cfg.served_task("route")

@@ -36,11 +36,18 @@ class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message carries the end of its output."""
 
 
+class TransientStageError(StageFailed, OSError):
+    """The command said its failure was I/O (it exited with ``selfsup.cli.EXIT_IO``): an ``OSError``, so the
+    tasks with ``retry_condition_fn=retry_on_io`` retry it."""
+
+
 @task(name="materialize data", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5),
       retry_condition_fn=retry_on_io)
 def materialize_data(root: Path) -> str:
     """``data/`` as ``data.dvc`` records it: already there, else ``dvc pull``, else rebuilt from pinned packages."""
-    return _run(["selfsup", "data", "materialize"], root, "data materialize")
+    from selfsup.cli import EXIT_IO
+
+    return _run(["selfsup", "data", "materialize"], root, "data materialize", transient_exit=EXIT_IO)
 
 
 @task(name="pipeline stages")
@@ -57,8 +64,9 @@ def run_stage(root: Path, stage: str) -> bool:
     return "didn't change, skipping" not in output
 
 
-def _run(cmd: list[str], root: Path, label: str) -> str:
-    """Run ``cmd`` streaming its output into the task's log; raise StageFailed with the last lines on failure."""
+def _run(cmd: list[str], root: Path, label: str, transient_exit: int | None = None) -> str:
+    """Run ``cmd`` streaming its output into the task's log; raise StageFailed with the last lines on failure
+    (TransientStageError when it exits with ``transient_exit``, the code by which ``cmd`` reports an I/O failure)."""
     logger = get_run_logger()
     tail: deque[str] = deque(maxlen=40)
     lines = []
@@ -72,7 +80,8 @@ def _run(cmd: list[str], root: Path, label: str) -> str:
             lines.append(line)
             logger.info(line)
     if proc.returncode != 0:
-        raise StageFailed(f"{label} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+        error = TransientStageError if proc.returncode == transient_exit else StageFailed
+        raise error(f"{label} failed (exit {proc.returncode}):\n" + "\n".join(tail))
     return "\n".join(lines)
 
 
@@ -80,7 +89,8 @@ def _run(cmd: list[str], root: Path, label: str) -> str:
       retry_condition_fn=retry_on_io)
 def gate_and_promote(params: str, context: dict[str, str]) -> list[dict]:
     from selfsup.config import load_config
-    from selfsup.registry.lifecycle import gate_versions, registry_tasks
+    from selfsup.registry.kinds import registry_tasks
+    from selfsup.registry.lifecycle import gate_versions
 
     logger = get_run_logger()
     cfg = load_config(params)

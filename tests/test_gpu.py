@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
+# slow as well: on a GPU machine without data/ they build it (minutes, network), which `make test-unit` never does
+pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none is present)")]
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"

@@ -20,13 +20,15 @@
     selfsup export-ssl                             image encoder + probe to ONNX, parity check
 
 Every command reads ``--params`` (default ``params.yaml``) and accepts ``key.path=value`` overrides.
-Exit codes: 0 ok, 1 the stage ran and failed its checks, 2 bad usage or configuration.
+Exit codes: 0 ok, 1 the stage ran and failed its checks, 2 bad usage or configuration, 3 an I/O failure worth
+retrying (``data materialize``: a pinned package could not be downloaded).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,8 @@ from pathlib import Path
 import yaml
 
 from selfsup.config import ConfigError, config_to_dict, describe_keys, load_config
+
+EXIT_IO = 3  # the flows retry a command that exits with this code (flows/training.py)
 
 
 def _print_err(message: str) -> None:
@@ -68,6 +72,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_data_materialize(args: argparse.Namespace) -> int:
+    from selfsup.datasets.sources import SourceUnavailable
     from selfsup.datasets.stages import DataVersionError, materialize_stage
 
     try:
@@ -75,6 +80,9 @@ def cmd_data_materialize(args: argparse.Namespace) -> int:
     except DataVersionError as err:
         _print_err(str(err))
         return 1
+    except SourceUnavailable as err:
+        _print_err(f"data materialize: download failed (an I/O failure, worth retrying): {err}")
+        return EXIT_IO
     return 0
 
 
@@ -174,7 +182,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def _registry_tasks(cfg, task: str | None) -> list[str]:
-    from selfsup.registry.lifecycle import check_task, registry_tasks
+    from selfsup.registry.kinds import registry_tasks
+    from selfsup.registry.lifecycle import check_task
 
     if task is None:
         return registry_tasks(cfg)
@@ -431,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         _print_err(f"configuration error: {err}")
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush stays quiet
+        return 0
 
 
 if __name__ == "__main__":

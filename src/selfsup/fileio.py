@@ -19,20 +19,56 @@ def write_text_atomic(path: Path, content: str) -> None:
     os.replace(tmp, path)
 
 
+def _aside(target: Path) -> Path:
+    return target.with_name(target.name + ".old")
+
+
+def _recover(target: Path) -> None:
+    """Finish a swap that a crash interrupted: ``<target>.old`` without ``target`` is the last good folder (the
+    crash came between moving it aside and moving the new one in), so it goes back; beside a ``target`` it is
+    leftover garbage."""
+    old = _aside(target)
+    if not old.exists():
+        return
+    if target.exists():
+        shutil.rmtree(old)
+    else:
+        os.replace(old, target)
+
+
 def staging_dir(target: Path) -> Path:
-    """An empty ``<target>.tmp`` folder to build ``target`` in (left over from a crash: emptied first)."""
-    staging = Path(target).with_name(Path(target).name + ".tmp")
+    """An empty ``<target>.tmp`` folder to build ``target`` in (left over from a crash: emptied first). A previous
+    ``target`` that a crash left as ``<target>.old`` is restored first."""
+    target = Path(target)
+    _recover(target)
+    staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging
 
 
 def replace_dir(staging: Path, target: Path) -> None:
-    """Put the finished ``staging`` folder in place of ``target``."""
+    """Put the finished ``staging`` folder in place of ``target``.
+
+    Two renames, never a delete first: ``target`` goes aside to ``<target>.old``, ``staging`` moves in, then the
+    old one is deleted. At every instant one complete folder exists, under ``target`` or ``<target>.old``; a
+    failure between the renames moves the old one back at once, and a hard crash there (kill, power loss) is
+    undone by the next ``staging_dir``/``replace_dir`` for the same target."""
     target = Path(target)
-    shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, target)
+    _recover(target)
+    old = _aside(target)
+    had_target = target.exists()
+    if had_target:
+        os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if had_target:
+            os.replace(old, target)
+        raise
+    if had_target:
+        shutil.rmtree(old)
 
 
 def write_json(path: Path, payload) -> None:

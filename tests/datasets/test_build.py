@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from selfsup.datasets.build import (
-    INTENT_LABELS, SPLIT_FRACTIONS, DataBuildError, Example, build_data, dedup_labelled, detokenize_brown,
-    read_annotations, stratified_split,
-)
+from selfsup.datasets.build import build_data
+from selfsup.datasets.card import BuildReport, render_data_card
+from selfsup.datasets.readers import INTENT_LABELS, DataBuildError, detokenize_brown, read_annotations
+from selfsup.datasets.splits import SPLIT_FRACTIONS, Example, dedup_labelled, stratified_split
 from selfsup.datasets.clean import dedup_key
 from selfsup.datasets.sources import SOURCES, SourceError, fetch_source, sha256_of
 
@@ -65,6 +65,20 @@ def test_annotation_reader_rejects_unknown_intent_and_repeats(tmp_path):
     path.write_text("src_row,intent\n10,baggage\n10,other\n")
     with pytest.raises(DataBuildError, match="src_row 10 annotated twice"):
         read_annotations(path)
+
+
+def test_data_card_leaves_out_missing_sections_without_a_gap():
+    report = BuildReport()
+    report.counts.update(intent_annotated=1234, corpus_tweets_duplicates_dropped=5)
+    report.corpus_docs["tweets"], report.corpus_words["tweets"] = 2, 4567
+    report.splits["intent"] = {"train": Counter(praise=3, other=1), "validation": Counter(other=1), "test": Counter()}
+    card = render_data_card(report)
+    assert "| tweets | 2 | 4,567 |" in card and "kept once: tweets_duplicates_dropped: 5." in card
+    assert "| other | 1 | 1 | 0 |\n| praise | 3 | 0 | 0 |\n| **total** | 4 | 1 | 0 |\n\n## Intent annotation" in card
+    assert "1,234 airline customer-service tweets" in card
+    # no agreement and no images: the annotation section runs straight into the cleaning section
+    assert "stay unlabeled.\n\n## Cleaning" in card and "Cohen" not in card and "## Images" not in card
+    assert "$" not in card and "\n\n\n" not in card and card.endswith("them.\n")
 
 
 def test_committed_annotations_are_complete(repo_root):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo
+from conftest import copy_repo, use_preset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -32,10 +32,7 @@ def _ran(result: subprocess.CompletedProcess) -> set[str]:
 def repo(built_data, tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("image_pipeline") / "repo")
     shutil.copytree(built_data, repo / "data")
-    params = repo / "params.yaml"
-    params.write_text(params.read_text().replace('\npreset: ""\n', "\npreset: tiny\n"))
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", "tiny preset"], cwd=repo,
-                   check=True)
+    use_preset(repo, "tiny")
     result = _run(repo, "dvc", "repro", "export_ssl")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert _ran(result) == STAGES

@@ -1,6 +1,7 @@
 """The whole pipeline (text stages, image stages, register) with the real `dvc repro`, a real MLflow store and
 real onnxruntime, on the tiny preset, in a temporary copy of the repository."""
 
+import csv
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo
+from conftest import copy_repo, use_preset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TASKS = ("intent", "sentiment", "topic")
@@ -27,12 +28,7 @@ def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
 def repo(built_data, tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
     shutil.copytree(built_data, repo / "data")
-    params = repo / "params.yaml"
-    text = params.read_text()
-    assert '\npreset: ""\n' in text
-    params.write_text(text.replace('\npreset: ""\n', "\npreset: tiny\n"))
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", "tiny preset"], cwd=repo,
-                   check=True)
+    use_preset(repo, "tiny")
     result = _run(repo, "dvc", "repro")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return repo
@@ -45,15 +41,23 @@ def _registry(repo: Path):
     return mlflow.MlflowClient()
 
 
+def _csv_rows(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _evaluation(repo: Path, task: str) -> dict:
+    return json.loads((repo / f"artifacts/evaluate/{task}/metrics.json").read_text())
+
+
 def test_every_stage_produced_its_outputs(repo):
     assert (repo / "models/tokenizer/tokenizer.json").exists()
     assert (repo / "models/mlm/model.safetensors").exists()
     pretrain = json.loads((repo / "artifacts/pretrain/metrics.json").read_text())
     assert pretrain["steps"] == 6 and pretrain["val_perplexity"] > 1
     for task in TASKS:
-        evaluation = json.loads((repo / f"artifacts/evaluate/{task}/metrics.json").read_text())
         for init in ("pretrained", "scratch"):
-            assert 0.0 <= evaluation[init]["accuracy"] <= 1.0 and 0.0 <= evaluation[init]["macro_f1"] <= 1.0
+            assert (repo / f"artifacts/evaluate/{task}/report_{init}.json").exists()
         assert (repo / f"artifacts/evaluate/{task}/confusion.png").stat().st_size > 10_000
         assert (repo / f"artifacts/evaluate/{task}/loss_curves.png").exists()
         exported = json.loads((repo / f"artifacts/export/{task}/metrics.json").read_text())
@@ -63,9 +67,72 @@ def test_every_stage_produced_its_outputs(repo):
     assert not (repo / "mlruns").exists(), "MLflow must write under mlflow/, not ./mlruns"
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_test_metrics_are_those_of_the_written_predictions(repo, task):
+    """The evaluate stage's metrics.json against its own per-example output (confusion_<init>.csv) and the test
+    split: the same examples in the same order, accuracy / macro-F1 recomputed from the rows, gain = difference."""
+    from sklearn.metrics import f1_score
+
+    evaluation = _evaluation(repo, task)
+    gold = [r["label"] for r in _csv_rows(repo / f"data/{task}/test.csv")]
+    assert set(evaluation) == {"test_examples", "pretrained", "scratch", "pretraining_gain"}
+    assert evaluation["test_examples"] == len(gold)
+    for init in ("pretrained", "scratch"):
+        rows = _csv_rows(repo / f"artifacts/evaluate/{task}/confusion_{init}.csv")
+        assert [r["actual"] for r in rows] == gold
+        predicted = [r["predicted"] for r in rows]
+        assert set(evaluation[init]) == {"accuracy", "macro_f1"}
+        accuracy = sum(g == p for g, p in zip(gold, predicted)) / len(gold)
+        assert evaluation[init]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+        assert evaluation[init]["macro_f1"] == pytest.approx(
+            f1_score(gold, predicted, average="macro", zero_division=0), abs=1e-12)
+        report = json.loads((repo / f"artifacts/evaluate/{task}/report_{init}.json").read_text())
+        assert sum(report[label]["support"] for label in set(gold)) == len(gold)
+    for key in ("accuracy", "macro_f1"):
+        assert evaluation["pretraining_gain"][key] == pytest.approx(
+            evaluation["pretrained"][key] - evaluation["scratch"][key], abs=1e-12)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_finetune_report_is_the_saved_best_epoch(repo, task):
+    """artifacts/finetune/<task>/metrics.json against each saved model's training.json: the reported validation
+    scores are the best epoch's, the training set is capped by the tiny preset, one epoch of batches of 32 ran."""
+    summary = json.loads((repo / f"artifacts/finetune/{task}/metrics.json").read_text())
+    assert set(summary) == {"pretrained", "scratch"}
+    train_rows = len(_csv_rows(repo / f"data/{task}/train.csv"))
+    for init, reported in summary.items():
+        training = json.loads((repo / f"models/finetune/{task}/{init}/training.json").read_text())
+        assert training["init"] == init
+        assert reported["train_examples"] == training["train_examples"] == min(64, train_rows)
+        assert reported["best_epoch"] == training["best_epoch"] and len(training["epochs"]) == 1  # tiny: 1 epoch
+        best = training["epochs"][reported["best_epoch"] - 1]
+        assert (reported["val_accuracy"], reported["val_macro_f1"]) == (best["val_accuracy"], best["val_macro_f1"])
+        assert len(training["history"]) == -(-reported["train_examples"] // 32)
+        assert all(h["loss"] > 0 for h in training["history"])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_served_onnx_model_reproduces_the_evaluated_predictions(repo, task):
+    """The exported model, served without torch, predicts the test split as the evaluated PyTorch model did."""
+    from selfsup.serve.predict import OnnxClassifier
+
+    texts = [r["text"] for r in _csv_rows(repo / f"data/{task}/test.csv")]
+    evaluated = [r["predicted"] for r in _csv_rows(repo / f"artifacts/evaluate/{task}/confusion_pretrained.csv")]
+    served = [p.label for p in OnnxClassifier(repo / f"models/onnx/{task}").predict(texts)]
+    agreement = sum(a == b for a, b in zip(served, evaluated)) / len(texts)
+    assert agreement >= 0.99, agreement
+
+
 def test_dvc_metrics_and_plots_are_readable(repo):
     shown = _run(repo, "dvc", "metrics", "show", "--json")
-    assert shown.returncode == 0 and "pretraining_gain" in shown.stdout
+    assert shown.returncode == 0, shown.stderr
+    (workspace,) = json.loads(shown.stdout).values()
+    metrics = {path: entry["data"] for path, entry in workspace["data"].items()}
+    for task in TASKS:  # what DVC shows is what the stages wrote
+        for stage in ("finetune", "evaluate"):
+            path = f"artifacts/{stage}/{task}/metrics.json"
+            assert metrics[path] == json.loads((repo / path).read_text())
+    assert metrics["artifacts/pretrain/metrics.json"]["steps"] == 6
     status = _run(repo, "dvc", "status")
     assert "Data and pipelines are up to date" in status.stdout
 
@@ -85,8 +152,18 @@ def test_mlflow_has_runs_tags_curves_and_registered_onnx_models(repo):
     for task in TASKS:
         versions = client.search_model_versions(f"name='selfsup-{task}'")
         assert len(versions) == 1
-        assert float(versions[0].tags["metric.test_accuracy"]) >= 0.0
-        assert float(versions[0].tags["metric.onnx_label_agreement"]) >= 0.999
+        tags = {k.removeprefix("metric."): float(v) for k, v in versions[0].tags.items() if k.startswith("metric.")}
+        evaluation = _evaluation(repo, task)
+        exported = json.loads((repo / f"artifacts/export/{task}/metrics.json").read_text())
+        # the registered version carries the stage reports' numbers (as tags, to 6 significant digits)
+        assert tags == pytest.approx({
+            "test_accuracy": evaluation["pretrained"]["accuracy"],
+            "test_macro_f1": evaluation["pretrained"]["macro_f1"],
+            "scratch_test_accuracy": evaluation["scratch"]["accuracy"],
+            "scratch_test_macro_f1": evaluation["scratch"]["macro_f1"],
+            "onnx_label_agreement": exported["label_agreement"],
+            "onnx_max_abs_logit_diff": exported["max_abs_logit_diff"]}, rel=1e-5, abs=1e-12)
+        assert tags["onnx_label_agreement"] >= 0.999
         assert len(versions[0].tags["onnx_sha256"]) == 64 and "gate" not in versions[0].tags  # gating: the flow
     import mlflow.onnx
 

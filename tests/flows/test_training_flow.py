@@ -84,22 +84,39 @@ def test_second_run_trains_nothing_and_registers_nothing(first_run, repo):
     assert [len(_versions(repo, t)) for t in MODELS] == [1, 1, 1, 1]
 
 
+def _set_version_tag(repo: Path, task: str, version: int, key: str, value: str) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow/mlflow.db'}")
+    mlflow.MlflowClient().set_model_version_tag(f"selfsup-{task}", str(version), key, value)
+
+
+def _aliases(repo: Path, task: str) -> dict[int, list[str]]:
+    return {r["version"]: r["aliases"] for r in _versions(repo, task)}
+
+
 def test_gate_failure_promotion_refusal_and_rollback(first_run, repo):
     from flows.training import training
 
-    # a second intent model that passes: then promote / roll back by hand
+    # The champion's recorded score is what a new version must strictly beat (gate.metric: test macro-F1). Record
+    # the maximum, 1.0, on the champion v1, so that no retrained tiny model can beat it: the next version passes the
+    # (permissive) gate and must become challenger only, whatever it scores.
+    assert _aliases(repo, "intent") == {1: ["challenger", "champion"]}
+    _set_version_tag(repo, "intent", 1, "metric.test_macro_f1", "1.0")
+
+    # a second intent model that passes without beating the champion: challenger only; then promote / roll back
     _edit_params(repo, finetune__tasks__intent__learning_rate=0.002)
     second = training(repo=str(repo), pull_data=False)
     assert set(second["stages_run"]) == {"finetune@intent", "evaluate@intent", "export@intent", "register"}
     (decision,) = second["gated"]
-    assert decision["version"] == 2 and decision["passed"] and "challenger" in decision["aliases"]
-    if "champion" not in decision["aliases"]:
-        promoted = run_cli(["registry", "promote", "intent", "2"], repo)
-        assert promoted.returncode == 0, promoted.stderr
-    assert {r["version"]: r["aliases"] for r in _versions(repo, "intent")}[2] == ["challenger", "champion"]
+    assert decision["version"] == 2 and decision["passed"] and decision["aliases"] == ["challenger"], decision
+    assert _aliases(repo, "intent") == {1: ["champion"], 2: ["challenger"]}
+    promoted = run_cli(["registry", "promote", "intent", "2"], repo)
+    assert promoted.returncode == 0, promoted.stderr
+    assert _aliases(repo, "intent") == {1: [], 2: ["challenger", "champion"]}
     back = run_cli(["registry", "rollback", "intent"], repo)
     assert back.returncode == 0 and "from v2 to v1" in back.stdout, back.stdout + back.stderr
-    assert "champion" in {r["version"]: r["aliases"] for r in _versions(repo, "intent")}[1]
+    assert _aliases(repo, "intent") == {1: ["champion"], 2: ["challenger"]}
 
     # a third that fails a strict gate: tagged with the reason, no alias, cannot be promoted
     strict = json.loads(json.dumps(PERMISSIVE))
@@ -116,8 +133,6 @@ def test_gate_failure_promotion_refusal_and_rollback(first_run, repo):
 
 
 def test_a_failing_stage_fails_the_flow_and_leaves_the_registry_untouched(first_run, repo):
-    from prefect.exceptions import FailedRun  # noqa: F401  (the flow re-raises the stage error itself)
-
     from flows.training import StageFailed, training
 
     before = {t: _versions(repo, t) for t in MODELS}

@@ -1,12 +1,13 @@
-"""The negative-surge rule against a hand computation, and the history/report helpers."""
+"""The negative-surge rule against a hand computation, and the history, segment and report helpers."""
 
 import math
 
 import pytest
 
 from selfsup.config import MonitorConfig
-from selfsup.monitoring.sentiment import append_history, check_surge, history_row, read_history, route, segment_shares
-from selfsup.serve.predict import Prediction
+from selfsup.monitoring.sentiment import (
+    append_history, check_surge, history_row, read_history, segment_shares, write_report,
+)
 
 
 def _h(rows, negative, surge=False):
@@ -34,7 +35,7 @@ def test_z_score_matches_the_formula_and_surge_needs_both_conditions():
 
 
 def test_window_and_surges_are_excluded_from_the_baseline():
-    history = [_h(100, 10), _h(100, 90), _h(100, 30), _h(100, 90, surge=True), _h(100, 30)]
+    history = [_h(100, 10), _h(100, 90), _h(100, 30), _h(100, 99, surge=True), _h(100, 30)]
     check = check_surge(history, 30, 100, CFG)
     # the last 3 non-surge batches: 90, 30, 30 (the surge is skipped, the oldest falls out of the window)
     assert check.baseline_batches == 3 and check.baseline_share == pytest.approx(0.50)
@@ -49,7 +50,7 @@ def test_zero_baseline_and_bad_arguments():
         check_surge([], 6, 5, CFG)
 
 
-def test_history_round_trip_segments_and_routing(tmp_path):
+def test_history_round_trip_and_segments(tmp_path):
     check = check_surge([], 3, 10, CFG)
     segments = segment_shares(["a", "a", "b", None], ["negative", "neutral", "negative", "negative"], "negative")
     assert segments == {"a": {"rows": 2, "negative": 1, "share": 0.5}, "b": {"rows": 1, "negative": 1, "share": 1.0}}
@@ -57,8 +58,24 @@ def test_history_round_trip_segments_and_routing(tmp_path):
     append_history(tmp_path, history_row("b2.csv", check, 10, 3, 4, {}))
     rows = read_history(tmp_path)
     assert [r["batch"] for r in rows] == ["b1.csv", "b2.csv"] and rows[0]["model_version"] == "4"
-    predictions = [Prediction("x", "baggage", 0.9, {"baggage": 0.9, "other": 0.1}),
-                   Prediction("y", "other", 0.4, {"baggage": 0.35, "other": 0.4, "praise": 0.25})]
-    routed, queue = route(["1", "2"], ["x", "y"], predictions, 0.5)
-    assert [r["needs_human"] for r in routed] == [False, True]
-    assert queue == [routed[1]] and routed[1]["runner_up"] == "baggage"
+    assert rows[0]["share"] == "0.300000" and rows[0]["surge"] == "False" and rows[0]["baseline_share"] == ""
+    assert (tmp_path / "history.csv").read_text().splitlines()[0] == (
+        "batch,scored_at,rows,negative,share,baseline_share,baseline_batches,z,surge,model_version,segments")
+    # the history read back is what the rule judges the next batch against
+    assert check_surge(rows, 9, 10, CFG).baseline_share == pytest.approx(0.3)
+
+
+def test_report_marks_surges_and_lists_quarantined_batches(tmp_path):
+    history = [_h(100, 30), _h(100, 32)]
+    for i, h in enumerate(history):
+        append_history(tmp_path, history_row(f"b{i}.csv", check_surge(history[:i], h["negative"], 100, CFG), 100,
+                                             h["negative"], 1, {}))
+    surge = check_surge(read_history(tmp_path), 90, 100, CFG)
+    append_history(tmp_path, history_row("b2.csv", surge, 100, 90, 1, {"airline": {"rows": 100, "share": 0.9}}))
+    report = write_report(read_history(tmp_path), [{"batch": "bad.csv", "reason": "row 1: empty"}],
+                          tmp_path / "report.md", CFG).read_text()
+    lines = report.splitlines()
+    assert [line for line in lines if "**SURGE**" in line] == [
+        f"| b2.csv | 100 | 90.0% | 31.0% | {surge.z:.4f} | **SURGE** | v1 | airline 90% (100) |"]
+    assert "| b0.csv | 100 | 30.0% | - | - |  | v1 |  |" in lines
+    assert lines[-2:] == ["", "- bad.csv: row 1: empty"]

@@ -72,6 +72,7 @@ def _aliases(cfg) -> dict[int, list[str]]:
     return {row["version"]: row["aliases"] for row in list_versions(cfg, IMAGE_TASK)}
 
 
+@pytest.mark.slow  # three ONNX exports and a real MLflow registry: 10 s idle, 35 s on a busy machine
 def test_register_gate_promote_rollback_fetch(project, capsys):
     tmp_path, cfg, overrides = project
     good = _export(tmp_path, seed=0)

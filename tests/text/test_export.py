@@ -26,6 +26,7 @@ def model_dir(tiny_tokenizer_dir, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # a real torch.onnx export (the first of the process also loads the exporter): 5-8 s
 def test_onnx_export_matches_pytorch(model_dir, tmp_path):
     out = tmp_path / "onnx"
     result = export_classifier(model_dir, LABELS, TEXTS, 64, out, opset=18, min_label_agreement=1.0,
@@ -40,6 +41,7 @@ def test_onnx_export_matches_pytorch(model_dir, tmp_path):
     assert all(isinstance(dim, str) for dim in shapes["input_ids"]), "batch and sequence axes must be dynamic"
 
 
+@pytest.mark.slow  # a real torch.onnx export: 4 s idle, 7 s on a busy machine (5 s when run first)
 def test_failed_parity_writes_nothing(model_dir, tmp_path):
     out = tmp_path / "onnx"
     with pytest.raises(ExportParityError, match="max \\|Δlogit\\|"):
@@ -53,6 +55,7 @@ def test_wrong_labels_are_refused(model_dir, tmp_path):
         export_classifier(model_dir, ["a", "b", "c"], TEXTS, 64, tmp_path / "x", 18, 0.999, 1e-3)
 
 
+@pytest.mark.slow  # an export and two interpreters: 4 s idle, 6-7 s on a busy machine
 def test_predict_cli_serves_without_torch(model_dir, tmp_path):
     out = tmp_path / "onnx"
     export_classifier(model_dir, LABELS, TEXTS, 64, out, 18, 0.999, 1e-3)

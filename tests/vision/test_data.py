@@ -9,6 +9,7 @@ from selfsup.datasets.images import FASHION_MNIST_CLASSES, encode_png, image_fil
 from selfsup.vision.data import ImageDataError, decode_image, load_images, load_labels, read_manifest
 
 
+@pytest.mark.slow  # the full build
 def test_built_images_are_fashion_mnist_with_held_out_test(built_data):
     rows = read_manifest(built_data / "images/manifest.csv")
     by_split = Counter(r.split for r in rows)
@@ -24,14 +25,28 @@ def test_built_images_are_fashion_mnist_with_held_out_test(built_data):
     assert mode == "L" and pixels.shape == (28, 28) and pixels.dtype == np.uint8 and pixels.max() > 100
 
 
-def test_load_images_gives_pixels_only_and_labels_align(built_data):
-    manifest = built_data / "images/manifest.csv"
-    images = load_images(manifest, "test", limit=20)
-    assert images.shape == (20, 1, 28, 28) and images.dtype == np.uint8
-    labels = load_labels(manifest, "test", list(FASHION_MNIST_CLASSES), limit=20)
-    assert labels.shape == (20,) and labels.max() < 10
+def test_load_images_gives_pixels_only_and_labels_align(fixture_data):
+    manifest = fixture_data / "images/manifest.csv"
+    images = load_images(manifest, "test", limit=12)
+    assert images.shape == (12, 1, 28, 28) and images.dtype == np.uint8 and images.max() > 100
+    labels = load_labels(manifest, "test", list(FASHION_MNIST_CLASSES), limit=12)
+    assert labels.shape == (12,) and labels.max() < 10
     # the first Fashion-MNIST test image is an ankle boot (label 9) in every copy of the data set
     assert labels[0] == 9
+    # images and labels follow the manifest's rows of that split, in order
+    rows = [r for r in read_manifest(manifest) if r.split == "test"]
+    assert [FASHION_MNIST_CLASSES[i] for i in load_labels(manifest, "test", list(FASHION_MNIST_CLASSES))] == [
+        r.label for r in rows]
+    everything = load_images(manifest, "test")
+    assert len(everything) == len(rows) == 20 and np.array_equal(everything[:12], images)
+    with zipfile.ZipFile(manifest.parent / rows[5].file) as archive:
+        pixels, _ = decode_image(archive.read(rows[5].member))
+    assert np.array_equal(everything[5, 0], pixels)
+    assert sorted(Counter(r.label for r in rows).values()) == [2] * 10
+    with pytest.raises(ImageDataError, match="no rows with split 'validation'"):
+        load_images(manifest, "validation")
+    with pytest.raises(ImageDataError, match="is not in vision.data.classes"):
+        load_labels(manifest, "test", ["ankle_boot"])
 
 
 def test_png_and_zip_bytes_are_reproducible():

@@ -108,11 +108,36 @@ def test_dino_center_is_an_ema_of_teacher_outputs_and_teacher_is_sharper():
 
 
 def test_dino_loss_compares_only_different_views_and_gives_student_gradients():
+    torch.manual_seed(0)
     student = torch.randn(2, 4, 6, requires_grad=True)
     teacher = torch.randn(2, 4, 6, requires_grad=True)
-    loss = DINOLoss(6)(student, teacher)
+    loss_fn = DINOLoss(6)
+    loss = loss_fn(student, teacher)
     loss.backward()
     assert student.grad is not None and teacher.grad is None
-    # view 0 of the teacher only teaches view 1 of the student: changing student view 0 cannot change the pair sum
+    # the loss is the mean of the two cross-view pairs (teacher 0 -> student 1, teacher 1 -> student 0), written out
+    targets = loss_fn.teacher_probabilities(teacher)
+    log_student = torch.log_softmax(student.detach() / 0.1, dim=-1)
+
+    def pair(t, s):
+        return float((-targets[t] * log_student[s]).sum(dim=-1).mean())
+
+    value = float(loss.detach())
+    assert value == pytest.approx((pair(0, 1) + pair(1, 0)) / 2, rel=1e-6)
+    assert value != pytest.approx((pair(0, 0) + pair(0, 1) + pair(1, 0) + pair(1, 1)) / 4, rel=1e-3)
+    # view 0 of the teacher only teaches view 1 of the student: changing teacher view 0 cannot change the gradient
+    # on student view 0 (taught by teacher view 1 alone), and does change the one on student view 1
+    first_grad = student.grad.clone()
+    other_teacher = teacher.detach().clone()
+    other_teacher[0] = torch.randn(4, 6) * 3
+    student.grad = None
+    loss_fn(student, other_teacher).backward()
+    assert torch.equal(student.grad[0], first_grad[0])
+    assert not torch.allclose(student.grad[1], first_grad[1])
+    # multi-crop: 3 student views, the first 2 also seen by the teacher -> pairs (0,1), (0,2), (1,0), (1,2)
+    crops = torch.randn(3, 4, 6)
+    log_crops = torch.log_softmax(crops / 0.1, dim=-1)
+    expected = sum(float((-targets[t] * log_crops[s]).sum(dim=-1).mean()) for t, s in ((0, 1), (0, 2), (1, 0), (1, 2)))
+    assert float(loss_fn(crops, teacher)) == pytest.approx(expected / 4, rel=1e-6)
     with pytest.raises(ValueError, match="prototypes"):
         DINOLoss(5)(student, teacher)

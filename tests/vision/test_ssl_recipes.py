@@ -17,10 +17,13 @@ from selfsup.tracking import NullTracker
 
 
 @pytest.fixture(scope="module")
-def pool(built_data) -> np.ndarray:
+def pool(fixture_data) -> np.ndarray:
+    """The 50 real Fashion-MNIST training images of the fixture data (5 per class)."""
     from selfsup.vision.data import load_images
 
-    return load_images(built_data / "images/manifest.csv", "train", limit=96)
+    images = load_images(fixture_data / "images/manifest.csv", "train")
+    assert images.shape == (50, 1, 28, 28)
+    return images
 
 
 def tiny(method: str, **overrides) -> SSLPretrainConfig:

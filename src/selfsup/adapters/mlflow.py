@@ -146,12 +146,15 @@ def register_onnx(cfg: TrackingConfig, run_id: str, onnx_path: Path, name: str, 
 
 
 def _search_versions(client: MlflowClient, name: str) -> list:
-    from mlflow.exceptions import MlflowException
+    """Every version of ``name``; [] when no model of that name is registered (MLflow returns an empty list then,
+    it does not raise). Any error (a locked, damaged or unreachable store) propagates: an empty answer would skip
+    the duplicate check of ``register_onnx`` and register the same model again."""
+    return list(client.search_model_versions(f"name = '{name}'"))
 
-    try:
-        return list(client.search_model_versions(f"name = '{name}'"))
-    except MlflowException:
-        return []
+
+def _not_registered(err: mlflow.exceptions.MlflowException) -> bool:
+    """The one MLflow error that means "no such registered model" rather than "the store failed"."""
+    return err.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
 def model_versions(cfg: TrackingConfig, name: str) -> list[dict[str, Any]]:
@@ -160,21 +163,30 @@ def model_versions(cfg: TrackingConfig, name: str) -> list[dict[str, Any]]:
     client = MlflowClient()
     aliases: dict[int, list[str]] = {}
     try:
-        for alias, version in client.get_registered_model(name).aliases.items():
-            aliases.setdefault(int(version), []).append(alias)
-    except mlflow.exceptions.MlflowException:
-        return []
+        registered = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as err:
+        if _not_registered(err):
+            return []
+        raise
+    for alias, version in registered.aliases.items():
+        aliases.setdefault(int(version), []).append(alias)
     rows = [{"name": name, "version": int(v.version), "tags": dict(v.tags), "aliases": sorted(aliases.get(int(v.version), [])),
              "run_id": v.run_id, "created": int(v.creation_timestamp or 0)} for v in _search_versions(client, name)]
     return sorted(rows, key=lambda row: row["version"])
 
 
 def alias_version(cfg: TrackingConfig, name: str, alias: str) -> int | None:
+    """The version ``alias`` points to; None when the model or the alias does not exist (a store error raises).
+    Read from the registered model's alias table: ``get_model_version_by_alias`` reports a missing alias with the
+    same error code (INVALID_PARAMETER_VALUE) as a malformed request."""
     _connect(cfg)
     try:
-        return int(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+        aliases = MlflowClient().get_registered_model(name).aliases
+    except mlflow.exceptions.MlflowException as err:
+        if _not_registered(err):
+            return None
+        raise
+    return int(aliases[alias]) if alias in aliases else None
 
 
 def set_alias(cfg: TrackingConfig, name: str, alias: str, version: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from selfsup.config.base import ConfigError, _check, option
+from selfsup.config.base import ConfigError, _check, check_rules, describe_rules, option
 from selfsup.config.ops import (IMAGE_TASK, GateConfig, MonitorConfig, OrchestrationConfig, RouteConfig,
                                 TrackingConfig)
 from selfsup.config.text import (DataConfig, ExportConfig, FinetuneConfig, PretrainConfig, TaskData, TokenizerConfig,
@@ -39,7 +39,7 @@ class Config:
     finetune: FinetuneConfig = option(default_factory=FinetuneConfig, help="the finetune@<task> stages")
     export: ExportConfig = option(default_factory=ExportConfig, help="the export@<task> stages")
     tracking: TrackingConfig = option(default_factory=TrackingConfig, help="MLflow tracking and registry")
-    vision: VisionConfig = option(default_factory=VisionConfig, help="the image stages (issue 6)")
+    vision: VisionConfig = option(default_factory=VisionConfig, help="the image stages")
     gate: GateConfig = option(default_factory=GateConfig, help="quality gate before any registry alias")
     monitor: MonitorConfig = option(default_factory=MonitorConfig, help="the sentiment monitoring flow")
     route: RouteConfig = option(default_factory=RouteConfig, help="the customer-service routing flow")
@@ -129,6 +129,8 @@ def _build(cls: type, raw: Any, path: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{sub}: required key is missing")
     obj = cls(**kwargs)
+    for name, f in known.items():  # defaults too; before check(), whose cross-field rules rely on these
+        check_rules(f, getattr(obj, name), f"{path}.{name}" if path else name)
     if hasattr(obj, "check"):
         obj.check(path)
     return obj
@@ -225,13 +227,17 @@ def config_to_dict(cfg: Any) -> Any:
 
 
 def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """``(key path, type, help)`` for every key, for ``selfsup config --help-keys``."""
+    """``(key path, type, help)`` for every key, for ``selfsup config --help-keys``; the help ends with the key's
+    rules, e.g. ``[>= 1]``."""
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         path = f"{prefix}{f.name}"
         tp = hints[f.name]
-        rows.append((path, getattr(tp, "__name__", str(tp)).replace("typing.", ""), f.metadata.get("help", "")))
+        container = {list: "items", dict: "values"}.get(typing.get_origin(tp), "")
+        rules = describe_rules(f, container)
+        help_text = f.metadata.get("help", "") + (f" [{rules}]" if rules else "")
+        rows.append((path, getattr(tp, "__name__", str(tp)).replace("typing.", ""), help_text))
         if dataclasses.is_dataclass(tp):
             rows.extend(describe_keys(tp, path + "."))
         elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):

@@ -22,17 +22,11 @@ class TrackingConfig:
 class TaskGate:
     """Minimum test-set quality for one task's registered models."""
 
-    min_accuracy: float = option(0.0, help="a version with a lower test accuracy fails the gate")
-    min_macro_f1: float = option(0.0, help="a version with a lower test macro-F1 fails the gate")
+    min_accuracy: float = option(0.0, help="a version with a lower test accuracy fails the gate", ge=0, le=1)
+    min_macro_f1: float = option(0.0, help="a version with a lower test macro-F1 fails the gate", ge=0, le=1)
     min_pretraining_gain: float | None = option(
         None, help="this task's required pretraining gain, instead of gate.min_pretraining_gain (null: use that); "
-                   "a negative value accepts a tie within that margin")
-
-    def check(self, path: str) -> None:
-        _check(0.0 <= self.min_accuracy <= 1.0, f"{path}.min_accuracy", "must be in [0, 1]")
-        _check(0.0 <= self.min_macro_f1 <= 1.0, f"{path}.min_macro_f1", "must be in [0, 1]")
-        _check(self.min_pretraining_gain is None or -1.0 <= self.min_pretraining_gain <= 1.0,
-               f"{path}.min_pretraining_gain", "must be null or in [-1, 1]")
+                   "a negative value accepts a tie within that margin", ge=-1, le=1)
 
 
 IMAGE_TASK = "image-encoder"  # the image encoder among the registry's tasks: `selfsup registry ... image-encoder`
@@ -46,22 +40,18 @@ class ImageGate:
     ``vision.export.max_abs_diff`` / ``min_label_agreement`` (one value, one place)."""
 
     metric: str = option("knn_accuracy", help="held-out metric image champions are compared on: knn_accuracy or "
-                                              "probe_accuracy (the exported probe, trained on every pool label)")
-    min_knn_accuracy: float = option(0.0, help="a version with a lower held-out kNN accuracy fails the gate")
+                                              "probe_accuracy (the exported probe, trained on every pool label)",
+                         choices=IMAGE_GATE_METRICS)
+    min_knn_accuracy: float = option(0.0, help="a version with a lower held-out kNN accuracy fails the gate", ge=0,
+                                     le=1)
     min_probe_accuracy: float = option(0.0, help="a version whose exported linear probe (100 % of the labels) has "
-                                                 "a lower held-out accuracy fails the gate")
+                                                 "a lower held-out accuracy fails the gate", ge=0, le=1)
     min_pretraining_gain: float | None = option(
         0.0, help="kNN accuracy of the pretrained encoder minus the same encoder at random init must exceed this "
                   "(null: not required)")
     champion_tolerance: float = option(
-        0.02, help="a new image encoder may be at most this much worse than the current champion (on `metric`)")
-
-    def check(self, path: str) -> None:
-        _check(self.metric in IMAGE_GATE_METRICS, f"{path}.metric",
-               f"must be one of {list(IMAGE_GATE_METRICS)}, got {self.metric!r}")
-        for name in ("min_knn_accuracy", "min_probe_accuracy"):
-            _check(0.0 <= getattr(self, name) <= 1.0, f"{path}.{name}", "must be in [0, 1]")
-        _check(self.champion_tolerance >= 0, f"{path}.champion_tolerance", "must be >= 0")
+        0.02, help="a new image encoder may be at most this much worse than the current champion (on `metric`)",
+        ge=0)
 
 
 @dataclass
@@ -70,32 +60,27 @@ class GateConfig:
 
     ONNX parity uses ``export.min_label_agreement`` / ``export.max_abs_logit_diff`` (one value, one place)."""
 
-    metric: str = option("macro_f1", help="text models: test metric champions are compared on: accuracy or macro_f1")
+    metric: str = option("macro_f1", help="text models: test metric champions are compared on: accuracy or macro_f1",
+                         choices=("accuracy", "macro_f1"))
     champion_tolerance: float = option(
-        0.02, help="a new version may be at most this much worse than the current champion (on `metric`)")
+        0.02, help="a new version may be at most this much worse than the current champion (on `metric`)", ge=0)
     min_pretraining_gain: float | None = option(
         0.0, help="the pretrained model must beat the from-scratch baseline by more than this (null: not required)")
     tasks: dict[str, TaskGate] = option(default_factory=dict, help="minimum quality per task (missing task: no minimum)")
-    image: ImageGate = option(default_factory=ImageGate, help="the gate for the image encoder (issue 6)")
-
-    def check(self, path: str) -> None:
-        _check(self.metric in ("accuracy", "macro_f1"), f"{path}.metric", f"must be accuracy or macro_f1, got {self.metric!r}")
-        _check(self.champion_tolerance >= 0, f"{path}.champion_tolerance", "must be >= 0")
+    image: ImageGate = option(default_factory=ImageGate, help="the gate for the image encoder")
 
 
 @dataclass
 class BatchRules:
     """Rules every incoming batch file must pass before it is scored (the same Great Expectations rules as data)."""
 
-    min_rows: int = option(20, help="a batch with fewer rows is rejected (too small to judge a share)")
-    min_chars: int = option(1, help="shortest accepted text")
+    min_rows: int = option(20, help="a batch with fewer rows is rejected (too small to judge a share)", ge=1)
+    min_chars: int = option(1, help="shortest accepted text", ge=1)
     max_chars: int = option(2000, help="longest accepted text")
-    max_duplicate_rate: float = option(0.5, help="highest accepted share of repeated texts in one batch")
+    max_duplicate_rate: float = option(0.5, help="highest accepted share of repeated texts in one batch", ge=0, le=1)
 
     def check(self, path: str) -> None:
-        _check(self.min_rows >= 1, f"{path}.min_rows", "must be >= 1")
-        _check(1 <= self.min_chars <= self.max_chars, f"{path}", "needs 1 <= min_chars <= max_chars")
-        _check(0.0 <= self.max_duplicate_rate <= 1.0, f"{path}.max_duplicate_rate", "must be in [0, 1]")
+        _check(self.max_chars >= self.min_chars, f"{path}.max_chars", "must be >= min_chars")
 
 
 @dataclass
@@ -112,19 +97,18 @@ class MonitorConfig:
     task: str = option("sentiment", help="the registered task whose model scores the batches")
     alias: str = option("champion", help="registry alias of the model version to use")
     negative_label: str = option("negative", help="the label whose share is monitored")
-    window: int = option(8, help="baseline = the last this many non-surge batches")
-    min_baseline_batches: int = option(3, help="no surge is called before this many baseline batches exist")
-    z_threshold: float = option(3.0, help="one-sided z score needed to call a surge")
-    min_increase: float = option(0.10, help="and the negative share must exceed the baseline by at least this")
+    window: int = option(8, help="baseline = the last this many non-surge batches", ge=1)
+    min_baseline_batches: int = option(3, help="no surge is called before this many baseline batches exist", ge=1)
+    z_threshold: float = option(3.0, help="one-sided z score needed to call a surge", gt=0)
+    min_increase: float = option(0.10, help="and the negative share must exceed the baseline by at least this", ge=0,
+                                 lt=1)
     alert_block: str = option("selfsup-alerts", help="name of a saved Prefect notification block (Slack, Teams, "
                               "e-mail, custom webhook) that receives alerts; if none is saved, alerts are only logged")
     batch: BatchRules = option(default_factory=BatchRules, help="validation rules per incoming batch")
 
     def check(self, path: str) -> None:
-        _check(self.window >= 1, f"{path}.window", "must be >= 1")
-        _check(1 <= self.min_baseline_batches <= self.window, f"{path}.min_baseline_batches", "must be in [1, window]")
-        _check(self.z_threshold > 0, f"{path}.z_threshold", "must be > 0")
-        _check(0.0 <= self.min_increase < 1.0, f"{path}.min_increase", "must be in [0, 1)")
+        _check(self.min_baseline_batches <= self.window, f"{path}.min_baseline_batches",
+               f"must be <= window ({self.window})")
 
 
 @dataclass
@@ -135,29 +119,24 @@ class RouteConfig:
     state_dir: Path = option(Path("routing/intent"), help="routed/, needs_human/, processed/ and quarantine/")
     task: str = option("intent", help="the registered task whose model routes the messages")
     alias: str = option("champion", help="registry alias of the model version to use")
-    min_confidence: float = option(0.5, help="messages whose top probability is lower go to the needs_human queue")
+    min_confidence: float = option(0.5, help="messages whose top probability is lower go to the needs_human queue",
+                                   ge=0, le=1)
     alert_block: str = option("selfsup-alerts", help="Prefect notification block told about quarantined batches")
     batch: BatchRules = option(default_factory=lambda: BatchRules(min_rows=1),
                                help="validation rules per incoming batch")
-
-    def check(self, path: str) -> None:
-        _check(0.0 <= self.min_confidence <= 1.0, f"{path}.min_confidence", "must be in [0, 1]")
 
 
 @dataclass
 class OrchestrationConfig:
     """Prefect deployments and the local server that runs their schedules (``make serve``)."""
 
-    training_cron: str = option("0 2 * * *", help="cron schedule of the training flow (nightly)")
-    monitor_interval_minutes: float = option(15.0, help="how often the sentiment monitoring flow runs")
-    route_interval_minutes: float = option(5.0, help="how often the routing flow runs")
+    # five whitespace-separated fields, as str.split() counts them (re's \s is the same Unicode whitespace)
+    training_cron: str = option("0 2 * * *", help="cron schedule of the training flow: 5 fields (nightly)",
+                                pattern=r"\s*\S+(\s+\S+){4}\s*")
+    monitor_interval_minutes: float = option(15.0, help="how often the sentiment monitoring flow runs", gt=0)
+    route_interval_minutes: float = option(5.0, help="how often the routing flow runs", gt=0)
     timezone: str = option("UTC", help="time zone of the cron schedule")
     server_host: str = option("127.0.0.1", help="the local Prefect server listens here (ignored if PREFECT_API_URL is set)")
-    server_port: int = option(4200, help="port of the local Prefect server")
+    server_port: int = option(4200, help="port of the local Prefect server", ge=1, le=65535)
     prefect_home: Path = option(Path(".prefect"), help="PREFECT_HOME of the local server (its SQLite database)")
     mlflow_ui_url: str = option("http://127.0.0.1:5000", help="base URL of `mlflow ui`, for links from flow runs")
-
-    def check(self, path: str) -> None:
-        _check(len(self.training_cron.split()) == 5, f"{path}.training_cron", "must be a 5-field cron expression")
-        _check(self.monitor_interval_minutes > 0 and self.route_interval_minutes > 0, path, "intervals must be > 0")
-        _check(1 <= self.server_port <= 65535, f"{path}.server_port", "must be a TCP port")

