@@ -53,6 +53,7 @@ def workdir(small_data, tmp_path, repo_root) -> Path:
     for rules in params["validate"]["tables"].values():
         rules["min_per_class"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(repo_root / "presets", tmp_path / "presets")  # params.yaml names its preset file
     return tmp_path
 
 
