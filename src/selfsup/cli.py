@@ -9,7 +9,8 @@
     selfsup tokenizer                              train the WordPiece tokenizer on the unlabeled corpus
     selfsup pretrain                               masked-language-model pretraining of the encoder
     selfsup finetune TASK                          fine-tune TASK from the encoder and from scratch
-    selfsup evaluate TASK                          test-set metrics and plots for both
+    selfsup finetune-classical TASK                the classical arm: TF-IDF + linear model on the same labels
+    selfsup evaluate TASK                          test-set metrics and plots for all three arms
     selfsup export TASK                            ONNX export + parity check against PyTorch
     selfsup register                               register every exported model (text and image) in MLflow
     selfsup registry list|gate|promote|rollback    registered versions, the quality gate, champion aliases
@@ -137,13 +138,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune_classical(args: argparse.Namespace) -> int:
+    from selfsup.text.stages import finetune_classical_stage
+
+    r = finetune_classical_stage(load_config(args.params, args.overrides), Path(args.params), args.task)
+    print(f"{args.task}: classical arm {r.features} n-grams + {r.model} (C={r.c:g}, class_weight={r.class_weight}), "
+          f"validation macro-F1 {r.val_macro_f1:.3f} ({len(r.grid)} combinations in {r.wall_seconds:.0f} s)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from selfsup.text.stages import evaluate_stage
 
     m = evaluate_stage(load_config(args.params, args.overrides), Path(args.params), args.task)
-    print(f"{args.task} test: pretrained accuracy {m['pretrained']['accuracy']:.3f} / macro-F1 "
-          f"{m['pretrained']['macro_f1']:.3f}; from scratch {m['scratch']['accuracy']:.3f} / "
-          f"{m['scratch']['macro_f1']:.3f}")
+    print(f"{args.task} test accuracy / macro-F1 [95 % bootstrap interval of macro-F1]:")
+    for arm in ("pretrained", "scratch", "classical"):
+        low, high = m["bootstrap"][arm]["macro_f1_low95"], m["bootstrap"][arm]["macro_f1_high95"]
+        print(f"  {arm:<10} {m[arm]['accuracy']:.3f} / {m[arm]['macro_f1']:.3f} [{low:.3f}, {high:.3f}]")
     return 0
 
 
@@ -222,11 +233,11 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
     if not any(rows for _, rows in groups):
         print("no registered versions (run `make run` or the training flow)")
         return 0
-    fmt = "{:<22} {:>3}  {:<20} {:<6} {:>7} {:>7} {:>7}  {}"
     num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for index, (columns, rows) in enumerate(r for r in groups if r[1]):
         if index:
             print()
+        fmt = "{:<22} {:>3}  {:<20} {:<6} " + "{:>7} " * len(columns) + " {}"
         print(fmt.format("model", "v", "aliases", "gate", *(header for _, header in columns), "gate reason"))
         for r in rows:
             print(fmt.format(r["model"], r["version"], ",".join(r["aliases"]) or "-", r["gate"],
@@ -395,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resumable checkpoints of an unfinished run (default: checkpoints/pretrain_mlm)")
     for name, func, help_text in (
         ("finetune", cmd_finetune, "fine-tune TASK from the pretrained encoder and from scratch"),
-        ("evaluate", cmd_evaluate, "test-set metrics, confusion matrices and loss curves for TASK"),
+        ("finetune-classical", cmd_finetune_classical,
+         "the classical arm of TASK: TF-IDF n-grams + a linear model, tuned on validation"),
+        ("evaluate", cmd_evaluate, "test-set metrics, confusion matrices and loss curves of TASK's three arms"),
         ("export", cmd_export, "ONNX export of TASK's classifier and its parity check against PyTorch"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -9,7 +9,7 @@ import pytest
 from selfsup.datasets.build import build_data
 from selfsup.datasets.card import BuildReport, render_data_card
 from selfsup.datasets.readers import INTENT_LABELS, DataBuildError, detokenize_brown, read_annotations
-from selfsup.datasets.splits import SPLIT_FRACTIONS, Example, dedup_labelled, stratified_split
+from selfsup.datasets.splits import SPLIT_FRACTIONS, Example, dedup_labelled, per_class_kappa, stratified_split
 from selfsup.datasets.clean import dedup_key
 from selfsup.datasets.sources import SOURCES, SourceError, fetch_source, sha256_of
 
@@ -84,9 +84,28 @@ def test_data_card_leaves_out_missing_sections_without_a_gap():
 def test_committed_annotations_are_complete(repo_root):
     first = read_annotations(repo_root / "annotations" / "intent_labels.csv")
     second = read_annotations(repo_root / "annotations" / "intent_labels_pass2.csv")
-    assert len(first) >= 1500
+    assert len(first) >= 4000
     assert set(first.values()) == set(INTENT_LABELS)
     assert len(second) >= 200 and set(second) <= set(first)
+    # the round-2 second pass: at least 300 items, all of them round-2 labels (not in the round-1 pass)
+    round2 = read_annotations(repo_root / "annotations" / "intent_labels_pass2_round2.csv")
+    assert len(round2) >= 300 and set(round2) <= set(first) and not set(round2) & set(second)
+
+
+def test_data_card_reports_every_second_pass_with_kappa_per_class():
+    report = BuildReport()
+    report.agreement = [
+        {"file": "intent_labels_pass2.csv", "items": 4, "raw_agreement": 0.75, "kappa": 0.6,
+         "kappa_per_class": {"baggage": 1.0, "other": 0.5}, "disagreements": [(("other", "baggage"), 1)]},
+        {"file": "intent_labels_pass2_round2.csv", "items": 3, "raw_agreement": 1.0, "kappa": 1.0,
+         "kappa_per_class": {"other": 1.0}, "disagreements": []},
+    ]
+    card = render_data_card(report)
+    assert "|  | `intent_labels_pass2.csv` | `intent_labels_pass2_round2.csv` |" in card
+    assert "| **Cohen's κ** | **0.600** | **1.000** |" in card
+    # a class a pass never saw is shown as such, not as a made-up number
+    assert "| κ baggage (one-vs-rest) | 1.000 | nan |" in card
+    assert "- `intent_labels_pass2.csv`: other→baggage ×1\n- `intent_labels_pass2_round2.csv`: none" in card
 
 
 def test_source_hash_mismatch_is_an_error(tmp_path, sources):
@@ -166,3 +185,13 @@ def _one_label_changed(repo: Path, tmp_path: Path) -> Path:
     lines[1] = f"{src_row},{'other' if intent != 'other' else 'praise'}"
     (folder / "intent_labels.csv").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def test_per_class_kappa_is_one_vs_rest():
+    first = ["baggage", "baggage", "other", "praise", "praise", "other"]
+    second = ["baggage", "other", "other", "praise", "praise", "other"]
+    kappas = per_class_kappa(first, second)
+    assert list(kappas) == ["baggage", "other", "praise"]
+    assert kappas["praise"] == 1.0  # both passes agree on every praise / not-praise decision
+    # baggage: 2 vs 1 of 6 items; observed agreement 5/6, chance (2/6)(1/6) + (4/6)(5/6) = 22/36
+    assert abs(kappas["baggage"] - (5 / 6 - 22 / 36) / (1 - 22 / 36)) < 1e-9

@@ -39,6 +39,8 @@ def test_underscores_in_handles_survive():
         ("due to ur Cancelled Flightlation", "due to ur cancellation"),
         ("I will Cancelled Flight my next four flights", "I will cancel my next four flights"),
         ("a chocoLate Flight bar", "a chocolate bar"),
+        ("standing in line for reFlight Booking Problems", "standing in line for rebooking"),
+        ("the site is down Flight Booking Problems a seat", "the site is down booking a seat"),
         ("an honest delay", "an honest delay"),
     ],
 )

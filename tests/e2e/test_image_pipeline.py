@@ -45,9 +45,11 @@ def test_every_image_stage_produced_its_outputs(repo):
     assert pretrain["method"] == "simclr" and pretrain["steps"] == 4 and pretrain["collapsed"] == 0
     assert (repo / "models/ssl/encoder.pt").exists() and (repo / "artifacts/pretrain_ssl/curves.png").exists()
     evaluation = json.loads((repo / "artifacts/evaluate_ssl/metrics.json").read_text())
-    for encoder in ("ssl", "random_init"):
+    for encoder in ("ssl", "random_init", "raw_pixels"):
         assert 0.0 <= evaluation[encoder]["knn_accuracy"] <= 1.0
         assert set(evaluation[encoder]["probe_accuracy"]) == {"0.01", "0.1", "1"}
+    assert evaluation["knn_gain_over_raw_pixels"] == pytest.approx(
+        evaluation["ssl"]["knn_accuracy"] - evaluation["raw_pixels"]["knn_accuracy"], abs=1e-12)
     assert set(evaluation["supervised_from_scratch"]["accuracy"]) == {"0.01", "0.1", "1"}
     assert (repo / "artifacts/evaluate_ssl/tsne.png").stat().st_size > 10_000
     assert (repo / "artifacts/evaluate_ssl/label_efficiency.png").exists()

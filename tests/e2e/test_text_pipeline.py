@@ -56,8 +56,9 @@ def test_every_stage_produced_its_outputs(repo):
     pretrain = json.loads((repo / "artifacts/pretrain/metrics.json").read_text())
     assert pretrain["steps"] == 6 and pretrain["val_perplexity"] > 1
     for task in TASKS:
-        for init in ("pretrained", "scratch"):
-            assert (repo / f"artifacts/evaluate/{task}/report_{init}.json").exists()
+        for arm in ("pretrained", "scratch", "classical"):
+            assert (repo / f"artifacts/evaluate/{task}/report_{arm}.json").exists()
+        assert (repo / f"models/classical/{task}/model.joblib").exists()
         assert (repo / f"artifacts/evaluate/{task}/confusion.png").stat().st_size > 10_000
         assert (repo / f"artifacts/evaluate/{task}/loss_curves.png").exists()
         exported = json.loads((repo / f"artifacts/export/{task}/metrics.json").read_text())
@@ -69,15 +70,26 @@ def test_every_stage_produced_its_outputs(repo):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_test_metrics_are_those_of_the_written_predictions(repo, task):
-    """The evaluate stage's metrics.json against its own per-example output (confusion_<init>.csv) and the test
-    split: the same examples in the same order, accuracy / macro-F1 recomputed from the rows, gain = difference."""
+    """The evaluate stage's metrics.json against its own per-example output (confusion_<arm>.csv) and the test
+    split: the same examples in the same order, accuracy / macro-F1 recomputed from the rows, gains = differences,
+    each arm's score inside its bootstrap interval."""
     from sklearn.metrics import f1_score
 
+    from selfsup.text.classical import load_classical
+
     evaluation = _evaluation(repo, task)
-    gold = [r["label"] for r in _csv_rows(repo / f"data/{task}/test.csv")]
-    assert set(evaluation) == {"test_examples", "pretrained", "scratch", "pretraining_gain"}
+    test = _csv_rows(repo / f"data/{task}/test.csv")
+    gold = [r["label"] for r in test]
+    assert set(evaluation) == {"test_examples", "pretrained", "scratch", "classical", "pretraining_gain",
+                               "gain_over_classical", "bootstrap"}
     assert evaluation["test_examples"] == len(gold)
-    for init in ("pretrained", "scratch"):
+    # the classical arm's rows are what its saved pipeline predicts
+    classical_rows = _csv_rows(repo / f"artifacts/evaluate/{task}/confusion_classical.csv")
+    assert [r["predicted"] for r in classical_rows] == list(
+        load_classical(repo / f"models/classical/{task}").predict([r["text"] for r in test]))
+    for init in ("pretrained", "scratch", "classical"):
+        bootstrap = evaluation["bootstrap"][init]
+        assert bootstrap["macro_f1_low95"] <= evaluation[init]["macro_f1"] <= bootstrap["macro_f1_high95"]
         rows = _csv_rows(repo / f"artifacts/evaluate/{task}/confusion_{init}.csv")
         assert [r["actual"] for r in rows] == gold
         predicted = [r["predicted"] for r in rows]
@@ -91,6 +103,8 @@ def test_test_metrics_are_those_of_the_written_predictions(repo, task):
     for key in ("accuracy", "macro_f1"):
         assert evaluation["pretraining_gain"][key] == pytest.approx(
             evaluation["pretrained"][key] - evaluation["scratch"][key], abs=1e-12)
+        assert evaluation["gain_over_classical"][key] == pytest.approx(
+            evaluation["pretrained"][key] - evaluation["classical"][key], abs=1e-12)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -129,7 +143,7 @@ def test_dvc_metrics_and_plots_are_readable(repo):
     (workspace,) = json.loads(shown.stdout).values()
     metrics = {path: entry["data"] for path, entry in workspace["data"].items()}
     for task in TASKS:  # what DVC shows is what the stages wrote
-        for stage in ("finetune", "evaluate"):
+        for stage in ("finetune", "finetune_classical", "evaluate"):
             path = f"artifacts/{stage}/{task}/metrics.json"
             assert metrics[path] == json.loads((repo / path).read_text())
     assert metrics["artifacts/pretrain/metrics.json"]["steps"] == 6
@@ -142,7 +156,8 @@ def test_mlflow_has_runs_tags_curves_and_registered_onnx_models(repo):
     experiment = client.get_experiment_by_name("selfsup")
     runs = client.search_runs([experiment.experiment_id])
     stages = {r.data.tags["stage"] for r in runs}
-    assert {"pipeline", "tokenizer", "pretrain_mlm", "finetune", "evaluate", "export", "register"} <= stages
+    assert {"pipeline", "tokenizer", "pretrain_mlm", "finetune", "finetune_classical", "evaluate", "export",
+            "register"} <= stages
     pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain_mlm")
     assert pretrain.data.tags["dvc_data_hash"].endswith(".dir")
     assert len(pretrain.data.tags["git_commit"]) >= 40
@@ -161,6 +176,8 @@ def test_mlflow_has_runs_tags_curves_and_registered_onnx_models(repo):
             "test_macro_f1": evaluation["pretrained"]["macro_f1"],
             "scratch_test_accuracy": evaluation["scratch"]["accuracy"],
             "scratch_test_macro_f1": evaluation["scratch"]["macro_f1"],
+            "classical_test_accuracy": evaluation["classical"]["accuracy"],
+            "classical_test_macro_f1": evaluation["classical"]["macro_f1"],
             "onnx_label_agreement": exported["label_agreement"],
             "onnx_max_abs_logit_diff": exported["max_abs_logit_diff"]}, rel=1e-5, abs=1e-12)
         assert tags["onnx_label_agreement"] >= 0.999

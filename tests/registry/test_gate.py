@@ -120,3 +120,31 @@ def test_image_gain_can_be_switched_off_and_missing_metrics_fail():
     assert _judge_image({**IMAGE, "random_init_knn_accuracy": 0.9}, min_pretraining_gain=None).passed
     verdict = _judge_image({"knn_accuracy": 0.9})  # e.g. a version registered before the gate existed
     assert not verdict.passed and "lacks the metrics" in verdict.summary and "embedding_std" in verdict.summary
+
+
+def test_classical_baseline_check_names_both_numbers():
+    strict = _gate(tasks={"t": TaskGate(min_accuracy=0.5, min_macro_f1=0.5, max_classical_deficit=0.0)})
+    ahead = {**GOOD, "classical_test_accuracy": 0.79, "classical_test_macro_f1": 0.74}
+    assert judge("t", ahead, None, strict, ExportConfig()).passed
+    behind = {**ahead, "classical_test_macro_f1": 0.78}  # pretrained 0.75
+    verdict = judge("t", behind, None, strict, ExportConfig())
+    assert not verdict.passed
+    assert ("test macro_f1 0.7500 is below the classical baseline's (TF-IDF + linear model) 0.7800 by 0.0300, "
+            "more than gate.tasks.t.max_classical_deficit 0.0000") in verdict.summary
+    tolerant = _gate(tasks={"t": TaskGate(min_accuracy=0.5, min_macro_f1=0.5, max_classical_deficit=0.05)})
+    assert judge("t", behind, None, tolerant, ExportConfig()).passed
+    # the check needs the classical metrics only where it is set
+    assert not judge("t", GOOD, None, strict, ExportConfig()).passed
+    assert "classical_test_macro_f1" in judge("t", GOOD, None, strict, ExportConfig()).summary
+    assert judge("t", GOOD, None, _gate(), ExportConfig()).passed
+
+
+def test_image_raw_pixel_check_names_both_numbers():
+    with_pixels = {**IMAGE, "raw_pixels_knn_accuracy": 0.80}  # the encoder's kNN: 0.78
+    assert _judge_image(with_pixels).passed  # not checked unless configured
+    verdict = _judge_image(with_pixels, max_raw_pixel_deficit=0.0)
+    assert verdict.reasons == ["kNN accuracy 0.7800 is below kNN on raw pixels (the classical baseline) 0.8000 by "
+                               "0.0200, more than gate.image.max_raw_pixel_deficit 0.0000"]
+    assert _judge_image(with_pixels, max_raw_pixel_deficit=0.03).passed
+    missing = _judge_image(IMAGE, max_raw_pixel_deficit=0.0)
+    assert not missing.passed and "raw_pixels_knn_accuracy" in missing.summary

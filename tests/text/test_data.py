@@ -2,12 +2,14 @@
 blocks, weighting them by source. On the committed fixture data (tests/fixtures/data) and hand-made files."""
 
 import csv
+from collections import Counter
 import json
 
 import pytest
 import torch
 
-from selfsup.text.data import PackedCorpus, block_weights, pack_corpus, read_corpus, read_labelled, split_blocks
+from selfsup.text.data import (PackedCorpus, block_weights, cap_stratified, pack_corpus, read_corpus, read_labelled,
+                               split_blocks)
 from selfsup.text.tokenizer import load_tokenizer
 
 
@@ -141,3 +143,12 @@ def test_source_weights_scale_sampling(packed):
     assert torch.equal(block_weights(packed, {}), torch.ones(len(packed)))
     with pytest.raises(ValueError, match=r"not in the corpus: \['reddit'\]"):
         block_weights(packed, {"reddit": 2.0})
+
+
+def test_cap_stratified_keeps_shares_and_is_seeded():
+    texts = [f"t{i}" for i in range(100)]
+    labels = ["a"] * 70 + ["b"] * 20 + ["c"] * 10
+    capped, capped_labels = cap_stratified(texts, labels, 50, seed=1)
+    assert Counter(capped_labels) == {"a": 35, "b": 10, "c": 5}
+    assert cap_stratified(texts, labels, 50, seed=1) == (capped, capped_labels)
+    assert cap_stratified(texts, labels, 0, seed=1) == (texts, labels)

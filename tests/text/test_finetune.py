@@ -3,23 +3,13 @@ import json
 import math
 import random
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-from selfsup.text.finetune import cap_stratified, finetune, length_grouped_batches
+from selfsup.text.finetune import finetune, length_grouped_batches
 from selfsup.text.pretrain_mlm import pretrain_mlm
-
-
-def test_cap_stratified_keeps_shares_and_is_seeded():
-    texts = [f"t{i}" for i in range(100)]
-    labels = ["a"] * 70 + ["b"] * 20 + ["c"] * 10
-    capped, capped_labels = cap_stratified(texts, labels, 50, seed=1)
-    assert Counter(capped_labels) == {"a": 35, "b": 10, "c": 5}
-    assert cap_stratified(texts, labels, 50, seed=1) == (capped, capped_labels)
-    assert cap_stratified(texts, labels, 0, seed=1) == (texts, labels)
 
 
 def test_length_grouped_batches_cover_everything_once():

@@ -32,3 +32,12 @@ def test_linear_probe_learns_a_separable_problem_even_from_few_labels():
     features = torch.from_numpy(centers[labels.numpy()] + rng.normal(size=(15, 8))).float() + 100.0  # far off-centre
     probe = train_linear_probe(features, labels, 3, epochs=1, lr=0.05, seed=0)
     assert (probe(features).argmax(dim=1) == labels).float().mean() == 1.0
+
+
+def test_raw_pixels_are_the_flattened_image_in_unit_range():
+    from selfsup.vision.evaluate import RawPixels
+
+    images = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)  # [1, 1, 2, 2]
+    assert RawPixels()(images).tolist() == [pytest.approx([0.0, 1.0, 0.2, 0.4])]
+    with pytest.raises(ValueError, match=r"expected images \[B, C, H, W\]"):
+        RawPixels()(images[0])

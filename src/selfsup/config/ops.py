@@ -27,6 +27,9 @@ class TaskGate:
     min_pretraining_gain: float | None = option(
         None, help="this task's required pretraining gain, instead of gate.min_pretraining_gain (null: use that); "
                    "a negative value accepts a tie within that margin", ge=-1, le=1)
+    max_classical_deficit: float | None = option(
+        None, help="the pretrained model's test metric (gate.metric) may be at most this much below the classical "
+                   "arm's (TF-IDF + linear model, same labels); 0: must match or beat it; null: not checked", ge=0, le=1)
 
 
 IMAGE_TASK = "image-encoder"  # the image encoder among the registry's tasks: `selfsup registry ... image-encoder`
@@ -49,6 +52,10 @@ class ImageGate:
     min_pretraining_gain: float | None = option(
         0.0, help="kNN accuracy of the pretrained encoder minus the same encoder at random init must exceed this "
                   "(null: not required)")
+    max_raw_pixel_deficit: float | None = option(
+        None, help="the encoder's held-out kNN accuracy may be at most this much below kNN on raw pixels (the "
+                   "classical baseline, same pool and protocol); 0: must match or beat it; null: not checked", ge=0,
+        le=1)
     champion_tolerance: float = option(
         0.02, help="a new image encoder may be at most this much worse than the current champion (on `metric`)",
         ge=0)

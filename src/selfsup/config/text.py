@@ -138,12 +138,38 @@ class FinetuneTaskConfig:
     out_dir: Path = option(Path("models/finetune"), help="where the two classifiers go (<out_dir>/<task>/...)")
 
 
+CLASSICAL_FEATURES = ("word", "char", "word+char")
+CLASSICAL_MODELS = ("logreg", "linear_svc")
+
+
+@dataclass
+class ClassicalConfig:
+    """The ``finetune_classical@<task>`` stages: the baseline a practitioner tries first, TF-IDF n-grams + a linear
+    classifier (scikit-learn), trained on exactly the labels the neural arms get. Every combination of the lists
+    below is fitted on train and scored on validation; the best macro-F1 is kept."""
+
+    features: list[str] = option(
+        default_factory=lambda: list(CLASSICAL_FEATURES), choices=CLASSICAL_FEATURES, min_items=1, unique=True,
+        help="feature sets to try: word (word 1-2-grams), char (char 2-5-grams within word boundaries), word+char")
+    models: list[str] = option(default_factory=lambda: list(CLASSICAL_MODELS), choices=CLASSICAL_MODELS, min_items=1,
+                               unique=True, help="linear classifiers to try: logreg, linear_svc")
+    c_grid: list[float] = option(default_factory=lambda: [0.1, 1.0, 10.0], gt=0, min_items=1, unique=True,
+                                 help="inverse regularisation strengths C to try")
+    class_weights: list[str] = option(default_factory=lambda: ["none", "balanced"], choices=("none", "balanced"),
+                                      min_items=1, unique=True, help="class weighting to try (balanced helps macro-F1 "
+                                                                     "on skewed label sets)")
+    min_df: int = option(2, help="an n-gram must occur in this many training texts to become a feature", ge=1)
+    out_dir: Path = option(Path("models/classical"), help="where each task's fitted pipeline goes (<out_dir>/<task>/)")
+
+
 @dataclass
 class FinetuneConfig:
-    """The ``finetune@<task>`` stages."""
+    """The ``finetune@<task>`` and ``finetune_classical@<task>`` stages."""
 
     loop: TrainLoopConfig = option(default_factory=TrainLoopConfig, help="device, precision, seed")
     tasks: dict[str, FinetuneTaskConfig] = option(default_factory=dict, help="settings per labelled task")
+    classical: ClassicalConfig = option(default_factory=ClassicalConfig,
+                                        help="the classical baseline arm (TF-IDF + linear model)")
 
 
 @dataclass

@@ -29,7 +29,8 @@ from selfsup.datasets.images import image_files
 from selfsup.datasets.readers import (
     DataBuildError, read_annotations, read_bbc, read_brown, read_moby_dick, read_sotu, read_tweets,
 )
-from selfsup.datasets.splits import SPLIT_FRACTIONS, Example, cohen_kappa, dedup_labelled, stratified_split
+from selfsup.datasets.splits import (SPLIT_FRACTIONS, Example, cohen_kappa, dedup_labelled, per_class_kappa,
+                                     stratified_split)
 from selfsup.fileio import replace_dir, staging_dir
 
 AIRLINE_HANDLE = re.compile(r"@(united|americanair|jetblue|southwestair|usairways|virginamerica)\b", re.IGNORECASE)
@@ -61,18 +62,22 @@ def build_data(sources: dict[str, Path], annotations_dir: Path, out_dir: Path) -
     report.counts["intent_annotated"] = len(intent_rows)
     report.counts["intent_duplicates_dropped"] = dropped
 
-    pass2_path = annotations_dir / "intent_labels_pass2.csv"
-    if pass2_path.exists():
+    # every second pass (intent_labels_pass2*.csv, one per annotation round) against the final labels
+    for pass2_path in sorted(annotations_dir.glob("intent_labels_pass2*.csv")):
         second = read_annotations(pass2_path)
         common = sorted(set(second) & set(intent_labels))
+        if not common:
+            continue
         a, b = [intent_labels[r] for r in common], [second[r] for r in common]
         confusion = Counter((x, y) for x, y in zip(a, b) if x != y)
-        report.agreement = {
+        report.agreement.append({
+            "file": pass2_path.name,
             "items": len(common),
             "raw_agreement": sum(x == y for x, y in zip(a, b)) / len(common),
             "kappa": cohen_kappa(a, b),
+            "kappa_per_class": per_class_kappa(a, b),
             "disagreements": confusion.most_common(),
-        }
+        })
 
     # --- sentiment: every CrowdFlower tweet, human-graded
     sentiment_examples, dropped, conflicts = dedup_labelled([(t, s, c) for _, s, c, t in tweets if t])

@@ -25,7 +25,7 @@ class BuildReport:
     splits: dict[str, dict[str, Counter]] = field(default_factory=dict)
     corpus_docs: Counter = field(default_factory=Counter)
     corpus_words: Counter = field(default_factory=Counter)
-    agreement: dict = field(default_factory=dict)
+    agreement: list[dict] = field(default_factory=list)  # one entry per second-pass file
     images: ImageBuildReport | None = None
 
 
@@ -78,13 +78,19 @@ def _split_table(splits: dict[str, Counter]) -> str:
                    ["**total**", *(f"{sum(splits[s].values()):,}" for s in SPLITS)]])
 
 
-def render_agreement(agreement: dict) -> str:
-    """The second annotation pass against the first (``BuildReport.agreement``)."""
+def render_agreement(agreement: list[dict]) -> str:
+    """Every second annotation pass against the final labels (``BuildReport.agreement``), one column per pass."""
+    labels = sorted(set().union(*(entry["kappa_per_class"] for entry in agreement)))
+    rows = [["items", *(f"{entry['items']:,}" for entry in agreement)],
+            ["raw agreement", *(f"{entry['raw_agreement']:.1%}" for entry in agreement)],
+            ["**Cohen's κ**", *(f"**{entry['kappa']:.3f}**" for entry in agreement)],
+            *([f"κ {label} (one-vs-rest)", *(f"{entry['kappa_per_class'].get(label, float('nan')):.3f}"
+                                             for entry in agreement)] for label in labels)]
     return _template("intent_agreement.md").substitute(
-        items=agreement["items"],
-        raw_agreement=f"{agreement['raw_agreement']:.1%}",
-        kappa=f"{agreement['kappa']:.3f}",
-        disagreements=", ".join(f"{a}→{b} ×{n}" for (a, b), n in agreement["disagreements"]) or "none",
+        table=_table(["", *(f"`{entry['file']}`" for entry in agreement)], rows),
+        disagreements="".join(
+            f"- `{entry['file']}`: " + (", ".join(f"{a}→{b} ×{n}" for (a, b), n in entry["disagreements"]) or "none")
+            + "\n" for entry in agreement),
     )
 
 

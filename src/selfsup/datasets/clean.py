@@ -7,8 +7,9 @@ Every rule here is a response to something measured in the sources (see ``data/R
   by ``_``. Punctuation sequences that recur (``äó»`` for ``'``, ``äóì`` for an opening quote, ...) map back
   unambiguously; emoji residue cannot be recovered and is removed.
 * The airline tweets carry the upstream artifact of a blind find-and-replace: every ``late`` became
-  ``Late Flight`` and every ``cancel`` became ``Cancelled Flight``, also inside words (``unreLate Flightd``,
-  ``Cancelled Flightlation``). Reversing the replacement restores the words.
+  ``Late Flight``, every ``cancel`` became ``Cancelled Flight`` and every ``booking`` became ``Flight Booking
+  Problems`` (149 times), also inside words (``unreLate Flightd``, ``Cancelled Flightlation``, ``reFlight Booking
+  Problems``). Reversing the replacement restores the words.
 * HTML entities (``&amp;``, some escaped twice: ``&amp;amp;``) and line breaks inside one message.
 """
 
@@ -39,6 +40,7 @@ MOJIBAKE_PUNCTUATION: tuple[tuple[str, str], ...] = (
 _MOJIBAKE_RESIDUE = re.compile(r"_*(?:[^\x00-\x7f]+_*)+")
 _LATE_ARTIFACT = re.compile("Late Flight")
 _CANCEL_ARTIFACT = re.compile("Cancelled Flight")
+_BOOKING_ARTIFACT = re.compile("Flight Booking Problems")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -58,11 +60,15 @@ def fix_mojibake(text: str) -> str:
 
 
 def undo_flight_replacement(text: str) -> str:
-    """Reverse the upstream ``late -> Late Flight`` / ``cancel -> Cancelled Flight`` replacement.
+    """Reverse the upstream ``late -> Late Flight`` / ``cancel -> Cancelled Flight`` / ``booking -> Flight Booking
+    Problems`` replacement.
 
     >>> undo_flight_replacement("my flight was Cancelled Flightled, arriving 3 hrs Late Flightr")
     'my flight was cancelled, arriving 3 hrs later'
+    >>> undo_flight_replacement("waiting in line for reFlight Booking Problems")
+    'waiting in line for rebooking'
     """
+    text = _BOOKING_ARTIFACT.sub("booking", text)
     text = _CANCEL_ARTIFACT.sub("cancel", text)
     return _LATE_ARTIFACT.sub("late", text)
 

@@ -15,8 +15,10 @@ from selfsup.datasets.clean import dedup_key
 
 SPLIT_SEED = "selfsup-splits-v1"
 SPLITS = ("train", "validation", "test")
-# Fractions (validation, test); the rest is train. The intent set is small, so it keeps more for evaluation.
-SPLIT_FRACTIONS = {"intent": (0.15, 0.15), "sentiment": (0.1, 0.1), "topic": (0.1, 0.1)}
+# Fractions (validation, test); the rest is train. The intent set is small, so it keeps more for evaluation: a fifth
+# of 4,440 annotated messages gives a test split of about 890, with at least 25 of the rarest intents (inflight,
+# loyalty), so that test macro-F1 can tell models apart.
+SPLIT_FRACTIONS = {"intent": (0.15, 0.2), "sentiment": (0.1, 0.1), "topic": (0.1, 0.1)}
 
 
 @dataclass
@@ -82,3 +84,11 @@ def cohen_kappa(first: list[str], second: list[str]) -> float:
     from sklearn.metrics import cohen_kappa_score  # lazy: only the build needs it
 
     return float(cohen_kappa_score(first, second))
+
+
+def per_class_kappa(first: list[str], second: list[str]) -> dict[str, float]:
+    """Cohen's kappa of each label taken one-vs-rest (did both passes give this label or not), labels sorted."""
+    from sklearn.metrics import cohen_kappa_score
+
+    return {label: float(cohen_kappa_score([x == label for x in first], [y == label for y in second]))
+            for label in sorted(set(first) | set(second))}

@@ -10,6 +10,8 @@ Checks, in order (every failing one is reported, not only the first):
 * ONNX parity — label agreement and max |Δlogit| against PyTorch (``export.min_label_agreement`` / ``max_abs_logit_diff``)
 * pretraining gain — pretrained test metric minus the from-scratch baseline's > ``gate.min_pretraining_gain``
   (or the task's own ``gate.tasks.<task>.min_pretraining_gain``)
+* classical baseline — pretrained test metric not below the classical arm's (TF-IDF + linear model, same labels) by
+  more than ``gate.tasks.<task>.max_classical_deficit`` (only where that is set)
 * champion tolerance — not worse than the current champion by more than ``gate.champion_tolerance``
 
 A version that passes becomes ``challenger``; it becomes ``champion`` only when it is strictly better than the
@@ -19,6 +21,8 @@ The image encoder has its own checks (``judge_image``, thresholds in ``gate.imag
 
 * ``min_knn_accuracy`` / ``min_probe_accuracy`` — kNN accuracy and the exported linear probe's accuracy
 * pretraining gain — kNN accuracy minus the same encoder's at random init > ``gate.image.min_pretraining_gain``
+* classical baseline — kNN accuracy not below kNN on raw pixels by more than ``gate.image.max_raw_pixel_deficit``
+  (only where that is set)
 * no collapse — embedding std / effective rank at the end of pretraining >= ``vision.pretrain.min_embedding_std`` /
   ``min_effective_rank`` (the values ``pretrain_ssl`` fails on, so a version registered under looser settings is
   still caught)
@@ -35,6 +39,7 @@ from selfsup.config import ExportConfig, GateConfig, ImageGate, SSLExportConfig,
 # The metrics a registered version carries (tags ``metric.<name>``, written by ``selfsup register``).
 REQUIRED_METRICS = ("test_accuracy", "test_macro_f1", "scratch_test_accuracy", "scratch_test_macro_f1",
                     "onnx_label_agreement", "onnx_max_abs_logit_diff")
+CLASSICAL_METRICS = ("classical_test_accuracy", "classical_test_macro_f1")  # required where the check is set
 REQUIRED_IMAGE_METRICS = ("knn_accuracy", "probe_accuracy", "random_init_knn_accuracy", "embedding_std",
                           "effective_rank", "onnx_label_agreement", "onnx_max_abs_diff")
 
@@ -73,11 +78,12 @@ def _against_champion(reasons: list[str], score: float, champion: dict[str, floa
 def judge(task: str, metrics: dict[str, float], champion: dict[str, float] | None, gate: GateConfig,
           export: ExportConfig) -> Verdict:
     """The verdict for one version of ``task``. ``champion`` is the current champion's metrics (None: no champion)."""
-    missing = _missing(metrics, REQUIRED_METRICS)
+    minimum = gate.tasks.get(task)
+    classical_deficit = None if minimum is None else minimum.max_classical_deficit
+    missing = _missing(metrics, REQUIRED_METRICS + (CLASSICAL_METRICS if classical_deficit is not None else ()))
     if missing:
         return missing
     reasons = []
-    minimum = gate.tasks.get(task)
     if minimum is not None:
         if metrics["test_accuracy"] < minimum.min_accuracy:
             reasons.append(f"test accuracy {metrics['test_accuracy']:.4f} < gate.tasks.{task}.min_accuracy "
@@ -101,6 +107,12 @@ def judge(task: str, metrics: dict[str, float], champion: dict[str, float] | Non
             reasons.append(f"pretraining gain in test {gate.metric} is {gain:+.4f}, not > {gain_key} "
                            f"{required_gain:+.4f} (pretrained {score:.4f} vs from scratch "
                            f"{metrics[f'scratch_test_{gate.metric}']:.4f})")
+    if classical_deficit is not None:
+        classical = metrics[f"classical_test_{gate.metric}"]
+        if score < classical - classical_deficit:
+            reasons.append(f"test {gate.metric} {score:.4f} is below the classical baseline's (TF-IDF + linear "
+                           f"model) {classical:.4f} by {classical - score:.4f}, more than "
+                           f"gate.tasks.{task}.max_classical_deficit {classical_deficit:.4f}")
     return _against_champion(reasons, score, champion, f"test_{gate.metric}", f"test {gate.metric}",
                              gate.champion_tolerance, "gate.champion_tolerance")
 
@@ -108,7 +120,8 @@ def judge(task: str, metrics: dict[str, float], champion: dict[str, float] | Non
 def judge_image(metrics: dict[str, float], champion: dict[str, float] | None, gate: ImageGate,
                 pretrain: SSLPretrainConfig, export: SSLExportConfig) -> Verdict:
     """The verdict for one image-encoder version. ``champion`` is the current champion's metrics (None: none)."""
-    missing = _missing(metrics, REQUIRED_IMAGE_METRICS)
+    pixel_check = gate.max_raw_pixel_deficit is not None
+    missing = _missing(metrics, REQUIRED_IMAGE_METRICS + (("raw_pixels_knn_accuracy",) if pixel_check else ()))
     if missing:
         return missing
     reasons = []
@@ -124,6 +137,11 @@ def judge_image(metrics: dict[str, float], champion: dict[str, float] | None, ga
             reasons.append(f"pretraining gain in kNN accuracy is {gain:+.4f}, not > gate.image.min_pretraining_gain "
                            f"{gate.min_pretraining_gain:+.4f} (pretrained {knn:.4f} vs random init "
                            f"{metrics['random_init_knn_accuracy']:.4f})")
+    if pixel_check and knn < metrics["raw_pixels_knn_accuracy"] - gate.max_raw_pixel_deficit:
+        pixels = metrics["raw_pixels_knn_accuracy"]
+        reasons.append(f"kNN accuracy {knn:.4f} is below kNN on raw pixels (the classical baseline) {pixels:.4f} by "
+                       f"{pixels - knn:.4f}, more than gate.image.max_raw_pixel_deficit "
+                       f"{gate.max_raw_pixel_deficit:.4f}")
     if metrics["embedding_std"] < pretrain.min_embedding_std:
         reasons.append(f"collapsed: embedding std {metrics['embedding_std']:.4f} < vision.pretrain.min_embedding_std "
                        f"{pretrain.min_embedding_std:.4f}")

@@ -48,10 +48,11 @@ class ModelKind:
 
 
 def text_metrics(evaluation: dict, export: dict) -> dict[str, float]:
-    """The metrics a text version carries: pretrained and from-scratch test scores, and ONNX parity."""
+    """The metrics a text version carries: pretrained, from-scratch and classical test scores, and ONNX parity."""
     return {
         **{f"test_{k}": float(v) for k, v in evaluation["pretrained"].items()},
         **{f"scratch_test_{k}": float(v) for k, v in evaluation["scratch"].items()},
+        **{f"classical_test_{k}": float(v) for k, v in evaluation.get("classical", {}).items()},
         "onnx_label_agreement": float(export["label_agreement"]),
         "onnx_max_abs_logit_diff": float(export["max_abs_logit_diff"]),
     }
@@ -70,7 +71,8 @@ TEXT = ModelKind(
     metrics=text_metrics,
     tags=lambda reports, files: {"modality": "text"},
     judge=lambda cfg, task, metrics, champion: judge(task, metrics, champion, cfg.gate, cfg.export),
-    list_columns=(("test_accuracy", "acc"), ("test_macro_f1", "F1"), ("scratch_test_macro_f1", "scr.F1")),
+    list_columns=(("test_accuracy", "acc"), ("test_macro_f1", "F1"), ("scratch_test_macro_f1", "scr.F1"),
+                  ("classical_test_macro_f1", "cls.F1")),
 )
 
 
@@ -88,6 +90,9 @@ def image_metrics(pretrain: dict, evaluation: dict, export: dict) -> dict[str, f
         "probe_accuracy": float(ssl["probe_accuracy"]["1"]),
         "random_init_knn_accuracy": float(rand["knn_accuracy"]),
         "random_init_probe_accuracy": float(rand["probe_accuracy"]["1"]),
+        **({"raw_pixels_knn_accuracy": float(evaluation["raw_pixels"]["knn_accuracy"]),
+            "raw_pixels_probe_accuracy": float(evaluation["raw_pixels"]["probe_accuracy"]["1"])}
+           if "raw_pixels" in evaluation else {}),
         **{f"probe_accuracy_{share}": float(v) for share, v in ssl["probe_accuracy"].items()},
         **{f"supervised_accuracy_{share}": float(v)
            for share, v in evaluation["supervised_from_scratch"]["accuracy"].items()},
@@ -125,7 +130,8 @@ IMAGE = ModelKind(
     tags=_image_tags,
     judge=lambda cfg, task, metrics, champion: judge_image(metrics, champion, cfg.gate.image, cfg.vision.pretrain,
                                                            cfg.vision.export),
-    list_columns=(("knn_accuracy", "kNN"), ("probe_accuracy", "probe"), ("random_init_knn_accuracy", "rnd.kNN")),
+    list_columns=(("knn_accuracy", "kNN"), ("probe_accuracy", "probe"), ("random_init_knn_accuracy", "rnd.kNN"),
+                  ("raw_pixels_knn_accuracy", "pix.kNN")),
 )
 
 

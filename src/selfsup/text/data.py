@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,30 @@ def read_labelled(path: Path) -> tuple[list[str], list[str]]:
     with Path(path).open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def cap_stratified(texts: list[str], labels: list[str], limit: int, seed: int) -> tuple[list[str], list[str]]:
+    """Exactly ``limit`` examples keeping each label's share (largest-remainder quotas, at least one per label;
+    seeded, deterministic). ``limit=0`` or a limit above the size: everything."""
+    if limit <= 0 or limit >= len(texts):
+        return texts, labels
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    names = sorted(by_label)
+    exact = {label: len(by_label[label]) * limit / len(texts) for label in names}
+    quota = {label: max(1, int(exact[label])) for label in names}
+    by_remainder = sorted(names, key=lambda label: (-(exact[label] - int(exact[label])), label))
+    for label in by_remainder[: max(0, limit - sum(quota.values()))]:
+        quota[label] += 1
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for label in names:
+        members = list(by_label[label])
+        rng.shuffle(members)
+        keep += members[: quota[label]]
+    keep.sort()
+    return [texts[i] for i in keep], [labels[i] for i in keep]
 
 
 @dataclass

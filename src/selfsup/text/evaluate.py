@@ -1,13 +1,16 @@
-"""Test-set evaluation of the fine-tuned classifiers: metrics, per-class report, confusion matrices, loss curves.
+"""Test-set evaluation of a task's three arms: metrics, bootstrap intervals, per-class report, confusion matrices,
+loss curves.
 
-``evaluate_task`` scores the pretrained-then-fine-tuned model and its from-scratch baseline on the same test split
-and writes, under ``out_dir``:
+``evaluate_task`` scores, on the same test split, the pretrained-then-fine-tuned model, the same architecture
+trained from scratch and the classical arm (TF-IDF + linear model; all three trained on the same labels), and
+writes, under ``out_dir``:
 
-    metrics.json                 accuracy and macro-F1 of both, and what pretraining bought (DVC metrics)
-    report_<init>.json           scikit-learn's per-class precision / recall / F1
-    confusion_<init>.csv         actual,predicted rows (DVC confusion plot)
-    confusion.png                both confusion matrices side by side
-    loss_curves.png / loss.csv   fine-tuning loss of both, and validation macro-F1 per epoch
+    metrics.json                 accuracy and macro-F1 of each arm, paired-bootstrap 95 % intervals, and what
+                                 pretraining bought over scratch and over the classical arm (DVC metrics)
+    report_<arm>.json            scikit-learn's per-class precision / recall / F1
+    confusion_<arm>.csv          actual,predicted rows (DVC confusion plot)
+    confusion.png                the three confusion matrices side by side
+    loss_curves.png / loss.csv   fine-tuning loss of the two neural arms, and validation macro-F1 per epoch
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.metrics import classification_scores
+from selfsup.metrics import bootstrap_macro_f1, classification_scores
 from selfsup.text.model import INITS
+
+ARMS = (*INITS, "classical")  # pretrained, scratch, classical
 
 
 def per_class_report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
@@ -85,9 +90,10 @@ def plot_loss_curves(trainings: dict[str, dict], title: str, path: Path) -> None
     plt.close(fig)
 
 
-def evaluate_task(task: str, labels: list[str], test_csv: Path, models_dir: Path, max_length: int,
-                  out_dir: Path, device) -> dict:
-    """Score both classifiers of ``task`` on ``test_csv``; write the files listed in the module docstring."""
+def evaluate_task(task: str, labels: list[str], test_csv: Path, models_dir: Path, classical_dir: Path,
+                  max_length: int, out_dir: Path, device, seed: int = 0) -> dict:
+    """Score the three arms of ``task`` on ``test_csv``; write the files listed in the module docstring."""
+    from selfsup.text.classical import load_classical
     from selfsup.text.data import read_labelled
     from selfsup.text.model import load_classifier, predict_logits
     from selfsup.text.tokenizer import load_tokenizer
@@ -96,23 +102,31 @@ def evaluate_task(task: str, labels: list[str], test_csv: Path, models_dir: Path
     texts, gold = read_labelled(test_csv)
     label_id = {label: i for i, label in enumerate(labels)}
     y_true = [label_id[g] for g in gold]
-    metrics: dict = {"test_examples": len(texts)}
-    matrices, trainings = {}, {}
+    predictions, trainings = {}, {}
     for init in INITS:
         folder = models_dir / init
         model = load_classifier(folder).to(device)
         tokenizer = load_tokenizer(folder)
-        y_pred = predict_logits(model, tokenizer, texts, max_length, device).argmax(-1).tolist()
-        metrics[init] = classification_scores(y_true, y_pred)
-        (out_dir / f"report_{init}.json").write_text(json.dumps(per_class_report(y_true, y_pred, labels), indent=1))
-        with (out_dir / f"confusion_{init}.csv").open("w", newline="") as handle:
+        predictions[init] = predict_logits(model, tokenizer, texts, max_length, device).argmax(-1).tolist()
+        trainings[init] = json.loads((folder / "training.json").read_text())
+    predictions["classical"] = [label_id[p] for p in load_classical(classical_dir).predict(texts)]
+
+    metrics: dict = {"test_examples": len(texts)}
+    matrices = {}
+    for arm in ARMS:
+        y_pred = predictions[arm]
+        metrics[arm] = classification_scores(y_true, y_pred)
+        (out_dir / f"report_{arm}.json").write_text(json.dumps(per_class_report(y_true, y_pred, labels), indent=1))
+        with (out_dir / f"confusion_{arm}.csv").open("w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["actual", "predicted"])
             writer.writerows((labels[t], labels[p]) for t, p in zip(y_true, y_pred))
-        matrices[f"{init} (acc {metrics[init]['accuracy']:.3f}, macro-F1 {metrics[init]['macro_f1']:.3f})"] = \
+        matrices[f"{arm} (acc {metrics[arm]['accuracy']:.3f}, macro-F1 {metrics[arm]['macro_f1']:.3f})"] = \
             confusion(y_true, y_pred, len(labels))
-        trainings[init] = json.loads((folder / "training.json").read_text())
     metrics["pretraining_gain"] = {k: metrics["pretrained"][k] - metrics["scratch"][k] for k in ("accuracy", "macro_f1")}
+    metrics["gain_over_classical"] = {k: metrics["pretrained"][k] - metrics["classical"][k]
+                                      for k in ("accuracy", "macro_f1")}
+    metrics["bootstrap"] = bootstrap_macro_f1(y_true, predictions, reference="pretrained", seed=seed)
     plot_confusions(matrices, labels, f"{task}: test-set confusion matrices", out_dir / "confusion.png")
     plot_loss_curves(trainings, f"{task}: pretrained vs from scratch", out_dir / "loss_curves.png")
     with (out_dir / "loss.csv").open("w", newline="") as handle:

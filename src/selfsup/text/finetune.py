@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig
-from selfsup.text.data import read_labelled
+from selfsup.text.data import cap_stratified, read_labelled
 from selfsup.fileio import replace_dir, staging_dir
 from selfsup.metrics import classification_scores
 from selfsup.text.model import INITS, classifier_from_pretrained, classifier_from_scratch, collate, encode, predict_logits
@@ -38,30 +37,6 @@ class FinetuneResult:
     wall_seconds: float
     history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss
     epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, val_accuracy, val_macro_f1, val_loss
-
-
-def cap_stratified(texts: list[str], labels: list[str], limit: int, seed: int) -> tuple[list[str], list[str]]:
-    """Exactly ``limit`` examples keeping each label's share (largest-remainder quotas, at least one per label;
-    seeded, deterministic). ``limit=0`` or a limit above the size: everything."""
-    if limit <= 0 or limit >= len(texts):
-        return texts, labels
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(labels):
-        by_label[label].append(i)
-    names = sorted(by_label)
-    exact = {label: len(by_label[label]) * limit / len(texts) for label in names}
-    quota = {label: max(1, int(exact[label])) for label in names}
-    by_remainder = sorted(names, key=lambda label: (-(exact[label] - int(exact[label])), label))
-    for label in by_remainder[: max(0, limit - sum(quota.values()))]:
-        quota[label] += 1
-    rng = random.Random(seed)
-    keep: list[int] = []
-    for label in names:
-        members = list(by_label[label])
-        rng.shuffle(members)
-        keep += members[: quota[label]]
-    keep.sort()
-    return [texts[i] for i in keep], [labels[i] for i in keep]
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:

@@ -6,7 +6,10 @@ outputs atomically, logs to the tracker and returns the metrics it wrote.
     pretrain_stage    corpus + tokenizer -> models/mlm/, artifacts/pretrain/ (metrics, loss/val CSVs, plot)
     finetune_stage    task's train/validation + encoder -> models/finetune/<task>/{pretrained,scratch}/,
                       artifacts/finetune/<task>/metrics.json
-    evaluate_stage    task's test split + both classifiers -> artifacts/evaluate/<task>/
+    finetune_classical_stage
+                      task's train/validation -> models/classical/<task>/ (TF-IDF + linear model),
+                      artifacts/finetune_classical/<task>/metrics.json
+    evaluate_stage    task's test split + the three arms -> artifacts/evaluate/<task>/
     export_stage      pretrained classifier -> models/onnx/<task>/ (parity-checked), artifacts/export/<task>/
 
 Registration (and the quality gate) is ``selfsup.registry``'s: the ``register`` stage, after every export.
@@ -126,21 +129,43 @@ def finetune_stage(cfg: Config, params_file: Path, task: str) -> dict:
     return summary
 
 
+def finetune_classical_stage(cfg: Config, params_file: Path, task: str):
+    """The classical arm of ``task``: TF-IDF + linear model on exactly the neural arms' training examples."""
+    from selfsup.text.classical import train_classical
+    from selfsup.tracking import open_run
+
+    spec, task_cfg = task_spec(cfg, task)
+    cc = cfg.finetune.classical
+    result = train_classical(cc, Path(spec.dir), task_cfg.max_train_examples, cfg.finetune.loop.seed,
+                             Path(cc.out_dir) / task)
+    write_json(Path("artifacts/finetune_classical") / task / "metrics.json",
+               {k: v for k, v in asdict(result).items() if k != "grid"})
+    with open_run(cfg, "finetune_classical", params_file, cc, task=task) as tracker:
+        tracker.log_params({"chosen_features": result.features, "chosen_model": result.model,
+                            "chosen_c": result.c, "chosen_class_weight": result.class_weight})
+        tracker.log_metrics({"best_val_macro_f1": result.val_macro_f1, "best_val_accuracy": result.val_accuracy})
+    return result
+
+
 def evaluate_stage(cfg: Config, params_file: Path, task: str) -> dict:
-    """Test-set metrics, per-class reports, confusion matrices and loss curves of both classifiers of ``task``."""
+    """Test-set metrics (with bootstrap intervals), per-class reports, confusion matrices and loss curves of the
+    three arms of ``task``: pretrained, from scratch and classical."""
     from selfsup.runtime import setup
-    from selfsup.text.evaluate import evaluate_task
+    from selfsup.text.evaluate import ARMS, evaluate_task
     from selfsup.tracking import open_run
 
     spec, task_cfg = task_spec(cfg, task)
     out_dir = Path("artifacts/evaluate") / task
     device = setup(cfg.finetune.loop)
     metrics = evaluate_task(task, spec.labels, Path(spec.dir) / "test.csv", Path(task_cfg.out_dir) / task,
-                            task_cfg.max_length, out_dir, device)
+                            Path(cfg.finetune.classical.out_dir) / task, task_cfg.max_length, out_dir, device,
+                            cfg.finetune.loop.seed)
     with open_run(cfg, "evaluate", params_file, task=task) as tracker:
-        for init in ("pretrained", "scratch"):
-            tracker.log_metrics({f"test_{init}_{k}": v for k, v in metrics[init].items()})
-        tracker.log_metrics({f"pretraining_gain_{k}": v for k, v in metrics["pretraining_gain"].items()})
+        for arm in ARMS:
+            tracker.log_metrics({f"test_{arm}_{k}": v for k, v in metrics[arm].items()})
+            tracker.log_metrics({f"test_{arm}_{k}": v for k, v in metrics["bootstrap"][arm].items()})
+        for name in ("pretraining_gain", "gain_over_classical"):
+            tracker.log_metrics({f"{name}_{k}": v for k, v in metrics[name].items()})
         tracker.log_artifact(out_dir)
     return metrics
 

@@ -6,7 +6,8 @@ For the pretrained encoder and for the same architecture randomly initialised (s
 * **linear-probe accuracy** at each label fraction: a logistic-regression layer trained on frozen features of a
   stratified ``fraction`` of the labelled pool.
 Beside them, a **supervised-from-scratch** model (same backbone + linear layer, trained end to end on the same
-labelled subset for ``supervised_steps``) shows what the labels alone achieve.
+labelled subset for ``supervised_steps``) shows what the labels alone achieve, and **raw pixels** (``RawPixels``: no
+encoder at all, the same kNN and probe protocol) are the classical baseline a practitioner tries first.
 
 Everything is computed on the held-out split; pretraining never saw its images or any label.
 """
@@ -22,6 +23,16 @@ from torch.nn import functional as F
 
 from selfsup.config import SSLEvaluateConfig
 from selfsup.vision.model import LinearProbe
+
+
+class RawPixels(nn.Module):
+    """The classical arm: no encoder, the image itself as the feature vector. Shape: ``uint8 [B, C, H, W] ->
+    float [B, C*H*W]`` in [0, 1]; kNN (cosine) and the linear probe (which standardizes) then run unchanged."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4:
+            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
+        return images.float().flatten(1) / 255.0
 
 
 @torch.no_grad()

@@ -127,7 +127,7 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     """kNN / linear-probe accuracy of the pretrained and of a random-init encoder, and supervised-from-scratch
     accuracy, at every label fraction; plots; the 100 %-labels probe for export."""
     from selfsup.vision.data import load_images, load_labels
-    from selfsup.vision.evaluate import predict_classes, score_frozen, stratified_subset, train_supervised
+    from selfsup.vision.evaluate import RawPixels, predict_classes, score_frozen, stratified_subset, train_supervised
     from selfsup.vision.model import build_backbone, load_encoder
     from selfsup.runtime import setup
     from selfsup.tracking import open_run
@@ -151,6 +151,7 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     ssl, probe, ssl_features = score_frozen(ssl_encoder, pool, pool_labels, held, held_labels, len(classes), ec,
                                             device, seed)
     rand, _, _ = score_frozen(random_encoder, pool, pool_labels, held, held_labels, len(classes), ec, device, seed)
+    raw, _, _ = score_frozen(RawPixels(), pool, pool_labels, held, held_labels, len(classes), ec, device, seed)
     timings["frozen_encoders"] = time.perf_counter() - start - sum(timings.values())
     supervised = {}
     held_tensor = torch.from_numpy(held_labels)
@@ -169,14 +170,19 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
         "held_out_images": len(held), "labelled_pool_images": len(pool),
         "ssl": {"knn_accuracy": ssl.knn, "probe_accuracy": ssl.probe},
         "random_init": {"knn_accuracy": rand.knn, "probe_accuracy": rand.probe},
+        "raw_pixels": {"knn_accuracy": raw.knn, "probe_accuracy": raw.probe},
         "supervised_from_scratch": {"accuracy": supervised},
         "knn_gain_over_random_init": ssl.knn - rand.knn,
+        "knn_gain_over_raw_pixels": ssl.knn - raw.knn,
+        "probe_gain_over_raw_pixels": {f: ssl.probe[f] - raw.probe[f] for f in ssl.probe},
         "probe_gain_over_supervised": {f: ssl.probe[f] - supervised[f] for f in ssl.probe},
     }
     out_dir = Path(ec.out_dir)
     fractions = [f"{f:g}" for f in ec.label_fractions]
-    write_csv(out_dir / "label_efficiency.csv", ["labels", "ssl_probe", "random_init_probe", "supervised"],
-               [[f, f"{ssl.probe[f]:.4f}", f"{rand.probe[f]:.4f}", f"{supervised[f]:.4f}"] for f in fractions])
+    write_csv(out_dir / "label_efficiency.csv",
+              ["labels", "ssl_probe", "random_init_probe", "raw_pixels_probe", "supervised"],
+              [[f, f"{ssl.probe[f]:.4f}", f"{rand.probe[f]:.4f}", f"{raw.probe[f]:.4f}", f"{supervised[f]:.4f}"]
+               for f in fractions])
     _plot_label_efficiency(metrics, fractions, out_dir / "label_efficiency.png")
     if ec.tsne_images:
         _plot_tsne(ssl_features[: ec.tsne_images].numpy(), held_labels[: ec.tsne_images], classes, seed,
@@ -192,9 +198,10 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     metrics["cpu_seconds"] = time.process_time() - cpu_start
     write_json(out_dir / "metrics.json", metrics)
     with open_run(cfg, "evaluate_ssl", params_file, ec) as tracker:
-        flat = {"ssl_knn_accuracy": ssl.knn, "random_init_knn_accuracy": rand.knn,
+        flat = {"ssl_knn_accuracy": ssl.knn, "random_init_knn_accuracy": rand.knn, "raw_pixels_knn_accuracy": raw.knn,
                 **{f"ssl_probe_accuracy_{f}": ssl.probe[f] for f in fractions},
                 **{f"random_init_probe_accuracy_{f}": rand.probe[f] for f in fractions},
+                **{f"raw_pixels_probe_accuracy_{f}": raw.probe[f] for f in fractions},
                 **{f"supervised_accuracy_{f}": supervised[f] for f in fractions}}
         tracker.log_metrics(flat)
         tracker.log_artifact(out_dir)
@@ -209,10 +216,13 @@ def _plot_label_efficiency(metrics: dict, fractions: list[str], path: Path) -> N
             label=f"{metrics['method']} encoder + linear probe")
     ax.plot(x, [metrics["random_init"]["probe_accuracy"][f] for f in fractions], "s--",
             label="random-init encoder + linear probe")
+    ax.plot(x, [metrics["raw_pixels"]["probe_accuracy"][f] for f in fractions], "d-.",
+            label="raw pixels + linear probe (classical)")
     ax.plot(x, [metrics["supervised_from_scratch"]["accuracy"][f] for f in fractions], "^:",
             label="supervised from scratch")
     ax.axhline(metrics["ssl"]["knn_accuracy"], color="tab:blue", alpha=0.4, label="kNN, pretrained (100 %)")
     ax.axhline(metrics["random_init"]["knn_accuracy"], color="tab:orange", alpha=0.4, label="kNN, random init")
+    ax.axhline(metrics["raw_pixels"]["knn_accuracy"], color="tab:green", alpha=0.4, label="kNN, raw pixels")
     ax.set_xscale("log")
     ax.set(xlabel="labelled training images used (%)", ylabel="held-out accuracy",
            title="label efficiency (frozen encoder)")
