@@ -1,80 +1,67 @@
-"""Label efficiency on text: the pretrained encoder against the same model from scratch, at several label counts.
+"""Label efficiency on text, the full grid: pretrained vs from scratch vs classical (TF-IDF + linear model) at 1 %,
+10 % and 100 % of the training labels, several seeds, mean ± std and error ratios.
 
-For each label count both arms fine-tune with the task's ``params.yaml`` settings on a stratified sample of that size
-(``selfsup.text.finetune``), are scored on the whole test split, and the macro-F1 gain is printed. The number of
-optimizer steps is held at what the committed setting uses (``epochs`` x full batches of ``max_train_examples``), so
-a smaller label set is seen for more epochs rather than trained less. Needs the pipeline's tokenizer and pretrained
-encoder (``dvc repro finetune@<task>`` or ``make run``); writes nothing into the pipeline's outputs.
+The same code as the pipeline's ``label_efficiency`` stage (``selfsup.text.label_efficiency``), with the grid the
+default run leaves out: every share, three seeds, and no cap on the optimizer steps (each share gets the committed
+setting's steps). Needs the pipeline's tokenizer and pretrained encoder (``make run``); writes nothing into the
+pipeline's outputs, only ``--out`` (default ``benchmarks/out/label_efficiency``).
 
-    python benchmarks/text_label_efficiency.py --task sentiment [key=value overrides] --labels 500 1500 6000
+    python benchmarks/text_label_efficiency.py [--tasks intent sentiment topic] [--quick] [key=value overrides]
 
-(overrides go before ``--labels``, which takes every number after it)
+``--quick``: one seed, 10 % and 100 %, at most 50 steps per run (a smoke test, not a measurement).
+Ends with one JSON line: per task and share, each arm's mean macro-F1 and both error ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
-import math
+import json
 import platform
-import tempfile
 from pathlib import Path
-
-import torch
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="sentiment")
-    parser.add_argument("--labels", type=int, nargs="+", default=[500, 1500, 6000],
-                        help="labelled training examples per run (stratified samples of train.csv)")
+    parser.add_argument("--tasks", nargs="+", default=None, help="default: every task under finetune.tasks")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--max-steps", type=int, default=0, help="cap on optimizer steps per run (0: none)")
+    parser.add_argument("--quick", action="store_true", help="one seed, 10 %% and 100 %%, 50 steps: a smoke test")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("overrides", nargs="*", help="params.yaml overrides, e.g. finetune.loop.seed=99")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/label_efficiency"))
+    parser.add_argument("overrides", nargs="*", help="params.yaml overrides, e.g. preset=tiny")
     args = parser.parse_args()
+    if args.quick:
+        args.fractions, args.seeds, args.max_steps = [0.1, 1.0], [1], 50
+
+    import torch
 
     from selfsup.config import load_config
-    from selfsup.text.data import read_labelled
-    from selfsup.text.model import load_classifier
-    from selfsup.text.tokenizer import load_tokenizer
-    from selfsup.metrics import classification_scores
-    from selfsup.text.finetune import finetune
-    from selfsup.text.model import INITS, predict_logits
+    from selfsup.fileio import write_csv, write_json
+    from selfsup.text.label_efficiency import ARMS, measure, plot, summarize
 
-    cfg = load_config(args.params, args.overrides)
-    spec, task_cfg = cfg.data.tasks[args.task], cfg.finetune.tasks[args.task]
-    loop = dataclasses.replace(cfg.finetune.loop, progress=False)
-    tokenizer = load_tokenizer(Path(cfg.tokenizer.out_dir))
-    available = len(read_labelled(Path(spec.dir) / "train.csv")[0])
-    reference = task_cfg.max_train_examples or available
-    budget = task_cfg.epochs * math.ceil(reference / task_cfg.batch_size)  # optimizer steps of the committed setting
-    texts, gold = read_labelled(Path(spec.dir) / "test.csv")
-    label_id = {label: i for i, label in enumerate(spec.labels)}
-    y_true = [label_id[g] for g in gold]
+    cfg = load_config(args.params, [*args.overrides, "finetune.loop.progress=false"])
+    tasks = args.tasks or list(cfg.finetune.tasks)
+    rows = measure(cfg, tasks, args.fractions, args.seeds, args.max_steps, log=lambda line: print(line, flush=True))
+    summary = summarize(rows)
+    write_csv(args.out / "runs.csv", list(rows[0]), [list(r.values()) for r in rows])
+    write_json(args.out / "summary.json", summary)
+    plot(summary, args.out / "label_efficiency.png")
 
-    rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for n in args.labels:
-            n = min(n, available)
-            epochs = max(1, round(budget / math.ceil(n / task_cfg.batch_size)))
-            run_cfg = dataclasses.replace(task_cfg, max_train_examples=n, epochs=epochs)
-            scores = {}
-            for init in INITS:
-                out = Path(scratch) / f"{n}-{init}"
-                finetune(args.task, init, run_cfg, loop, cfg.pretrain.model, Path(spec.dir), spec.labels,
-                         Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir), out)
-                logits = predict_logits(load_classifier(out), tokenizer, texts, task_cfg.max_length, torch.device("cpu"))
-                scores[init] = classification_scores(y_true, logits.argmax(-1).tolist())["macro_f1"]
-            rows.append((n, epochs, scores["pretrained"], scores["scratch"]))
-            print(f"{args.task}: {n:6,} labels x {epochs:3} epochs: test macro-F1 pretrained {scores['pretrained']:.3f}, "
-                  f"from scratch {scores['scratch']:.3f}, gain {scores['pretrained'] - scores['scratch']:+.3f}",
-                  flush=True)
-
-    print(f"\n{datetime.date.today()} on CPU ({torch.get_num_threads()} threads, {platform.machine()}); task {args.task}, "
-          f"{len(texts):,} test examples, ~{budget} optimizer steps per run, seed {loop.seed}")
-    print("| labelled examples | epochs | pretrained macro-F1 | from scratch | gain |\n|---:|---:|---:|---:|---:|")
-    for n, epochs, pre, scr in rows:
-        print(f"| {n:,} | {epochs} | {pre:.3f} | {scr:.3f} | {pre - scr:+.3f} |")
+    print(f"\n{datetime.date.today()}, CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} "
+          f"threads); seeds {args.seeds}; step cap {args.max_steps or 'none'}; test macro-F1 mean ± std")
+    print("| task | labels | pretrained | scratch | classical | errors scratch ÷ pretrained | errors classical ÷ "
+          "pretrained |\n|---|---:|---:|---:|---:|---:|---:|")
+    for task, shares in summary.items():
+        for share, e in shares.items():
+            print(f"| {task} | {float(share):.0%} ({e['labels']:,}) | " +
+                  " | ".join(f"{e[arm]['mean']:.3f} ± {e[arm]['std']:.3f}" for arm in ARMS) +
+                  f" | {e['error_ratio_scratch']:.2f} | {e['error_ratio_classical']:.2f} |")
+    print(json.dumps({task: {share: {**{arm: round(e[arm]["mean"], 4) for arm in ARMS},
+                                     "error_ratio_scratch": round(e["error_ratio_scratch"], 3),
+                                     "error_ratio_classical": round(e["error_ratio_classical"], 3)}
+                             for share, e in shares.items()} for task, shares in summary.items()}))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
     selfsup finetune TASK                          fine-tune TASK from the encoder and from scratch
     selfsup finetune-classical TASK                the classical arm: TF-IDF + linear model on the same labels
     selfsup evaluate TASK                          test-set metrics and plots for all three arms
+    selfsup label-efficiency                       the three arms at shares of the training labels, several seeds
     selfsup export TASK                            ONNX export + parity check against PyTorch
     selfsup register                               register every exported model (text and image) in MLflow
     selfsup registry list|gate|promote|rollback    registered versions, the quality gate, champion aliases
@@ -155,6 +156,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for arm in ("pretrained", "scratch", "classical"):
         low, high = m["bootstrap"][arm]["macro_f1_low95"], m["bootstrap"][arm]["macro_f1_high95"]
         print(f"  {arm:<10} {m[arm]['accuracy']:.3f} / {m[arm]['macro_f1']:.3f} [{low:.3f}, {high:.3f}]")
+    return 0
+
+
+def cmd_label_efficiency(args: argparse.Namespace) -> int:
+    from selfsup.text.stages import label_efficiency_stage
+
+    summary = label_efficiency_stage(load_config(args.params, args.overrides), Path(args.params))
+    print("test macro-F1, mean ± std over seeds: pretrained | scratch | classical  (error ratios scratch, classical)")
+    for task, shares in summary.items():
+        for share, e in shares.items():
+            print(f"  {task:<10} {float(share):>6.0%} ({e['labels']:,} labels): " +
+                  " | ".join(f"{e[arm]['mean']:.3f} ± {e[arm]['std']:.3f}" for arm in ("pretrained", "scratch",
+                                                                                     "classical")) +
+                  f"  ({e['error_ratio_scratch']:.2f}, {e['error_ratio_classical']:.2f})")
     return 0
 
 
@@ -415,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("task", help="a task declared under data.tasks (intent, sentiment, topic)")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a params.yaml value")
         p.set_defaults(func=func)
+    add("label-efficiency", cmd_label_efficiency,
+        "the three arms (pretrained, scratch, classical) at shares of the training labels, several seeds")
     add("register", cmd_register, "register every exported model as a new MLflow registry version")
     registry = sub.add_parser("registry", help="list, gate, promote and roll back registered models"
                               ).add_subparsers(dest="registry_cmd", required=True)

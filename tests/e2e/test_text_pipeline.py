@@ -66,6 +66,13 @@ def test_every_stage_produced_its_outputs(repo):
         assert {p.name for p in (repo / f"models/onnx/{task}").iterdir()} == {
             "model.onnx", "tokenizer.json", "labels.json", "export.json"}
     assert not (repo / "mlruns").exists(), "MLflow must write under mlflow/, not ./mlruns"
+    efficiency = json.loads((repo / "artifacts/label_efficiency/metrics.json").read_text())
+    for task in TASKS:  # the tiny preset: 10 % and 100 % of the labels, one seed; 100 % is evaluate's own score
+        assert set(efficiency[task]) == {"0.1", "1"}
+        for arm in ("pretrained", "scratch", "classical"):
+            assert efficiency[task]["1"][arm]["mean"] == _evaluation(repo, task)[arm]["macro_f1"]
+            assert 0.0 <= efficiency[task]["0.1"][arm]["mean"] <= 1.0
+    assert (repo / "artifacts/label_efficiency/label_efficiency.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("task", TASKS)

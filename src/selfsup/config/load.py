@@ -60,6 +60,9 @@ class Config:
         _check(not unknown, "validate.tables", f"rules for undeclared tasks {unknown}; declared: {declared}")
         unknown = sorted(set(self.finetune.tasks) - set(self.data.tasks))
         _check(not unknown, "finetune.tasks", f"settings for undeclared tasks {unknown}; declared: {declared}")
+        unknown = sorted(set(self.finetune.label_efficiency.tasks) - set(self.finetune.tasks))
+        _check(not unknown, "finetune.label_efficiency.tasks",
+               f"tasks without fine-tuning settings {unknown}; have: {sorted(self.finetune.tasks)}")
         for task, spec in self.finetune.tasks.items():
             _check(spec.max_length <= self.pretrain.model.max_position, f"finetune.tasks.{task}.max_length",
                    f"must be <= pretrain.model.max_position ({self.pretrain.model.max_position})")

@@ -163,13 +163,33 @@ class ClassicalConfig:
 
 
 @dataclass
+class LabelEfficiencyConfig:
+    """The ``label_efficiency`` stage: each task's three arms (pretrained, scratch, classical) re-trained on a
+    stratified share of the training labels, for several seeds, scored on the test split. The 100 % point with the
+    pipeline's seed is the evaluate stage's (the same models), so it costs nothing here."""
+
+    tasks: list[str] = option(default_factory=list, unique=True,
+                              help="tasks to measure (with settings under finetune.tasks); empty: all of them")
+    fractions: list[float] = option(default_factory=lambda: [0.1, 1.0], gt=0, le=1, min_items=1, unique=True,
+                                    help="shares of the training labels (of max_train_examples where that caps them)")
+    seeds: list[int] = option(default_factory=lambda: [1234], min_items=1, unique=True,
+                              help="seeds per share: the label sample, initialisation and batch order")
+    max_steps: int = option(
+        0, ge=0, help="optimizer steps per run: a smaller label set is trained for more epochs, up to the committed "
+                      "setting's steps (epochs x batches of the full label set), capped at this (0: no cap)")
+    out_dir: Path = option(Path("artifacts/label_efficiency"), help="metrics.json, runs.csv and the plot")
+
+
+@dataclass
 class FinetuneConfig:
-    """The ``finetune@<task>`` and ``finetune_classical@<task>`` stages."""
+    """The ``finetune@<task>``, ``finetune_classical@<task>`` and ``label_efficiency`` stages."""
 
     loop: TrainLoopConfig = option(default_factory=TrainLoopConfig, help="device, precision, seed")
     tasks: dict[str, FinetuneTaskConfig] = option(default_factory=dict, help="settings per labelled task")
     classical: ClassicalConfig = option(default_factory=ClassicalConfig,
                                         help="the classical baseline arm (TF-IDF + linear model)")
+    label_efficiency: LabelEfficiencyConfig = option(default_factory=LabelEfficiencyConfig,
+                                                     help="the three arms at shares of the training labels")
 
 
 @dataclass

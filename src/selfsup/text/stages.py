@@ -10,6 +10,8 @@ outputs atomically, logs to the tracker and returns the metrics it wrote.
                       task's train/validation -> models/classical/<task>/ (TF-IDF + linear model),
                       artifacts/finetune_classical/<task>/metrics.json
     evaluate_stage    task's test split + the three arms -> artifacts/evaluate/<task>/
+    label_efficiency_stage
+                      the three arms at shares of the labels, several seeds -> artifacts/label_efficiency/
     export_stage      pretrained classifier -> models/onnx/<task>/ (parity-checked), artifacts/export/<task>/
 
 Registration (and the quality gate) is ``selfsup.registry``'s: the ``register`` stage, after every export.
@@ -168,6 +170,43 @@ def evaluate_stage(cfg: Config, params_file: Path, task: str) -> dict:
             tracker.log_metrics({f"{name}_{k}": v for k, v in metrics[name].items()})
         tracker.log_artifact(out_dir)
     return metrics
+
+
+def label_efficiency_stage(cfg: Config, params_file: Path) -> dict:
+    """The three arms of every ``finetune.label_efficiency.tasks`` task at each share of the labels and seed;
+    metrics.json (mean ± std and error ratios), runs.csv (every run) and label_efficiency.png."""
+    import json
+
+    from selfsup.text.label_efficiency import measure, plot, summarize
+    from selfsup.tracking import open_run
+
+    lc = cfg.finetune.label_efficiency
+    tasks = lc.tasks or list(cfg.finetune.tasks)
+    for task in tasks:
+        task_spec(cfg, task)
+    evaluated = {}
+    for task in tasks:
+        path = Path("artifacts/evaluate") / task / "metrics.json"
+        if path.exists():
+            evaluated[task] = json.loads(path.read_text())
+    start = time.perf_counter()
+    rows = measure(cfg, tasks, lc.fractions, lc.seeds, lc.max_steps, evaluated)
+    summary = summarize(rows)
+    out = Path(lc.out_dir)
+    write_csv(out / "runs.csv", ["task", "fraction", "seed", "labels", "epochs", "arm", "accuracy", "macro_f1"],
+              [[r["task"], f"{r['fraction']:g}", r["seed"], r["labels"], r["epochs"], r["arm"],
+                f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}"] for r in rows])
+    write_json(out / "metrics.json", {**summary, "seconds": time.perf_counter() - start})
+    plot(summary, out / "label_efficiency.png")
+    with open_run(cfg, "label_efficiency", params_file, lc) as tracker:
+        for task, shares in summary.items():
+            for share, entry in shares.items():
+                tracker.log_metrics({f"{task}.{share}.{arm}_macro_f1_mean": entry[arm]["mean"] for arm in
+                                     ("pretrained", "scratch", "classical")})
+                tracker.log_metrics({f"{task}.{share}.error_ratio_scratch": entry["error_ratio_scratch"],
+                                     f"{task}.{share}.error_ratio_classical": entry["error_ratio_classical"]})
+        tracker.log_artifact(out)
+    return summary
 
 
 def export_stage(cfg: Config, params_file: Path, task: str):
