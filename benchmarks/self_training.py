@@ -37,7 +37,6 @@ def main() -> None:
     from selfsup.config import load_config
     from selfsup.metrics import classification_scores
     from selfsup.text.data import read_labelled
-    from selfsup.text.finetune import finetune
     from selfsup.text.model import load_classifier, predict_logits
     from selfsup.text.self_training import self_train
     from selfsup.text.tokenizer import load_tokenizer
@@ -61,15 +60,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:
             loop = dataclasses.replace(cfg.finetune.loop, seed=seed)
-            common = (args.task, task_cfg)
-            plain = finetune(args.task, "pretrained", task_cfg, loop, cfg.pretrain.model, Path(spec.dir), spec.labels,
-                             Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir), Path(scratch) / f"plain{seed}")
-            student, report = self_train(*common, st, loop, cfg.pretrain.model, Path(spec.dir), spec.labels,
-                                         Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir),
-                                         Path(cfg.pretrain.out_dir), Path(scratch) / f"self{seed}")
-            row = {"seed": seed, "plain_val": plain.val_macro_f1, "plain_test": test_f1(Path(scratch) / f"plain{seed}"),
+            # the teacher is the plain fine-tuning run (labels only, same seed): kept for the comparison
+            kept, report = self_train(args.task, task_cfg, st, loop, cfg.pretrain.model, Path(spec.dir), spec.labels,
+                                      Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir),
+                                      Path(scratch) / f"self{seed}", teacher_copy=Path(scratch) / f"plain{seed}")
+            row = {"seed": seed, "plain_val": report["teacher_val_macro_f1"],
+                   "plain_test": test_f1(Path(scratch) / f"plain{seed}"),
                    "student_val": report["student_val_macro_f1"], "chosen": report["chosen"],
-                   "chosen_val": student.val_macro_f1, "chosen_test": test_f1(Path(scratch) / f"self{seed}"),
+                   "chosen_val": kept.val_macro_f1, "chosen_test": test_f1(Path(scratch) / f"self{seed}"),
                    "pseudo_labels": report["pseudo_labels"]}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -73,9 +73,12 @@ def select_pseudo_labels(probabilities: np.ndarray, texts: list[str], labels: li
 
 def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop: TrainLoopConfig,
                model_cfg: ModelConfig, data_dir: Path, labels: list[str], corpus_path: Path, tokenizer_dir: Path,
-               pretrained_dir: Path, out_dir: Path, tracker=None):
+               pretrained_dir: Path, out_dir: Path, tracker=None, teacher_copy: Path | None = None):
     """Teacher, pseudo-labels, student, choice (the module docstring); the chosen model goes to ``out_dir`` with a
-    ``self_training.json`` report. Returns the chosen model's ``FinetuneResult``."""
+    ``self_training.json`` report. Returns the chosen model's ``FinetuneResult`` and the report.
+    ``teacher_copy``: also keep the teacher there (benchmarks compare it with the student on test)."""
+    import shutil
+
     import torch
 
     from selfsup.text.data import read_corpus, read_labelled
@@ -106,6 +109,8 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
                   "student_val_macro_f1": student.val_macro_f1, "pool": pseudo.pool_size,
                   "pseudo_labels": len(pseudo.texts), "pseudo_per_class": pseudo.per_class,
                   "settings": asdict(st)}
+        if teacher_copy is not None:
+            shutil.copytree(work / "teacher", teacher_copy)
         (work / chosen / "self_training.json").write_text(json.dumps(report, indent=1))
         replace_dir(work / chosen, out_dir)
     return (student if chosen == "student" else teacher), report
