@@ -124,6 +124,22 @@ class PretrainConfig:
 
 
 @dataclass
+class SelfTrainingConfig:
+    """Semi-supervised fine-tuning of the pretrained arm by self-training (``selfsup.text.self_training``): the
+    fine-tuned model pseudo-labels unlabeled in-domain texts, and a second fine-tuning trains on labels + confident
+    pseudo-labels; the result is kept only if it beats the first on validation."""
+
+    enabled: bool = option(False, help="self-train the pretrained arm (the from-scratch and classical arms never see "
+                                       "unlabeled data)")
+    sources: list[str] = option(default_factory=lambda: ["tweets"], min_items=1, unique=True,
+                                help="corpus sources whose documents form the unlabeled pool")
+    max_pool: int = option(20000, ge=1, help="unlabeled texts the teacher classifies (a seeded sample of the pool)")
+    confidence: float = option(0.9, gt=0, le=1, help="a pseudo-label needs at least this top probability")
+    max_per_class: int = option(500, ge=1, help="most pseudo-labels kept per class, the most confident first "
+                                               "(so the majority class cannot flood the student)")
+
+
+@dataclass
 class FinetuneTaskConfig:
     """Fine-tuning one labelled task; the same settings train the from-scratch baseline."""
 
@@ -136,6 +152,8 @@ class FinetuneTaskConfig:
     max_length: int = option(64, help="tokens per example (longer texts are truncated)", ge=1)
     max_train_examples: int = option(0, help="cap on training examples, stratified (0 = all)", ge=0)
     out_dir: Path = option(Path("models/finetune"), help="where the two classifiers go (<out_dir>/<task>/...)")
+    self_training: SelfTrainingConfig = option(default_factory=SelfTrainingConfig,
+                                               help="semi-supervised fine-tuning of the pretrained arm")
 
 
 CLASSICAL_FEATURES = ("word", "char", "word+char")

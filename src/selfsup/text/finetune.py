@@ -55,8 +55,12 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
 
 def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfig, model_cfg: ModelConfig,
              data_dir: Path, labels: list[str], tokenizer_dir: Path, pretrained_dir: Path | None, out_dir: Path,
-             tracker: Tracker | None = None) -> FinetuneResult:
-    """Fine-tune one classifier and save its best epoch (HF format) to ``out_dir``."""
+             tracker: Tracker | None = None,
+             extra: tuple[list[str], list[str]] | None = None) -> FinetuneResult:
+    """Fine-tune one classifier and save its best epoch (HF format) to ``out_dir``.
+
+    ``extra``: more ``(texts, labels)`` added to the (capped) training set, e.g. pseudo-labelled unlabeled texts
+    (``selfsup.text.self_training``); validation is always on the real labels only."""
     from transformers import get_linear_schedule_with_warmup
 
     if init not in INITS:
@@ -68,6 +72,8 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
 
     texts, y = read_labelled(data_dir / "train.csv")
     texts, y = cap_stratified(texts, y, cfg.max_train_examples, loop.seed)
+    if extra is not None:
+        texts, y = texts + list(extra[0]), y + list(extra[1])
     val_texts, val_y = read_labelled(data_dir / "validation.csv")
     train_ids = encode(tokenizer, texts, cfg.max_length)
     train_targets = torch.tensor([label_id[label] for label in y])

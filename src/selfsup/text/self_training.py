@@ -1,0 +1,116 @@
+"""Semi-supervised fine-tuning by self-training, read top to bottom: unlabeled in-domain texts used a second way,
+after masked-language-model pretraining (Yarowsky 1995; Xie et al. 2020 without the noise).
+
+    1. teacher    fine-tune the pretrained encoder on the labels (``finetune``)
+    2. pool       the corpus documents of ``sources`` (e.g. tweets), minus every text of this task's labelled
+                  splits (train, validation, test; the corpus already holds no test text of any task, which the
+                  validate stage checks), a seeded sample of ``max_pool``
+    3. pseudo     the teacher classifies the pool; a text keeps its predicted label when the top probability is
+                  >= ``confidence``, at most ``max_per_class`` per class, the most confident first
+    4. student    fine-tune the pretrained encoder again, from the same start, on labels + pseudo-labels
+                  (validation on the real labels only)
+    5. choose     the student replaces the teacher only if its validation macro-F1 is higher
+
+The from-scratch and classical arms never see unlabeled data: they show what the labels alone give.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from selfsup.config import FinetuneTaskConfig, ModelConfig, SelfTrainingConfig, TrainLoopConfig
+from selfsup.fileio import replace_dir
+
+
+@dataclass
+class PseudoLabels:
+    texts: list[str]
+    labels: list[str]
+    pool_size: int
+    per_class: dict[str, int]
+
+
+def unlabeled_pool(corpus: list[tuple[str, str]], sources: list[str], labelled_texts: list[str], max_pool: int,
+                   seed: int) -> list[str]:
+    """Texts of ``sources`` in the corpus (``(source, text)`` pairs) that are not, up to case and spacing, any
+    labelled text of the task; a seeded sample of at most ``max_pool``, in corpus order."""
+    from selfsup.datasets.clean import dedup_key
+
+    unknown = sorted(set(sources) - {source for source, _ in corpus})
+    if unknown:
+        raise ValueError(f"self_training.sources names sources not in the corpus: {unknown}")
+    labelled = {dedup_key(text) for text in labelled_texts}
+    pool = [text for source, text in corpus if source in sources and dedup_key(text) not in labelled]
+    if len(pool) > max_pool:
+        keep = sorted(random.Random(seed).sample(range(len(pool)), max_pool))
+        pool = [pool[i] for i in keep]
+    return pool
+
+
+def select_pseudo_labels(probabilities: np.ndarray, texts: list[str], labels: list[str], confidence: float,
+                         max_per_class: int) -> PseudoLabels:
+    """Confident predictions as labels. ``probabilities``: ``[N, n_labels]`` rows summing to 1. Per class, the texts
+    predicted as it with top probability >= ``confidence``, most confident first, at most ``max_per_class``."""
+    if probabilities.shape != (len(texts), len(labels)):
+        raise ValueError(f"probabilities must be [{len(texts)}, {len(labels)}], got {probabilities.shape}")
+    predicted, top = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    chosen: list[int] = []
+    per_class = {}
+    for index, label in enumerate(labels):
+        members = np.flatnonzero((predicted == index) & (top >= confidence))
+        members = members[np.argsort(-top[members], kind="stable")][:max_per_class]
+        per_class[label] = len(members)
+        chosen += members.tolist()
+    chosen.sort()
+    return PseudoLabels([texts[i] for i in chosen], [labels[predicted[i]] for i in chosen], len(texts), per_class)
+
+
+def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop: TrainLoopConfig,
+               model_cfg: ModelConfig, data_dir: Path, labels: list[str], corpus_path: Path, tokenizer_dir: Path,
+               pretrained_dir: Path, out_dir: Path, tracker=None, teacher_copy: Path | None = None):
+    """Teacher, pseudo-labels, student, choice (the module docstring); the chosen model goes to ``out_dir`` with a
+    ``self_training.json`` report. Returns the chosen model's ``FinetuneResult`` and the report.
+    ``teacher_copy``: also keep the teacher there (benchmarks compare it with the student on test)."""
+    import shutil
+
+    import torch
+
+    from selfsup.text.data import read_corpus, read_labelled
+    from selfsup.text.finetune import finetune
+    from selfsup.text.model import load_classifier, predict_logits
+    from selfsup.text.tokenizer import load_tokenizer
+    from selfsup.runtime import setup
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-self-training-") as work:
+        work = Path(work)
+        teacher = finetune(task, "pretrained", cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir,
+                           work / "teacher", tracker)
+
+        labelled = [text for split in ("train", "validation", "test") for text in read_labelled(data_dir /
+                                                                                               f"{split}.csv")[0]]
+        pool = unlabeled_pool(read_corpus(corpus_path), st.sources, labelled, st.max_pool, loop.seed)
+        device = setup(loop)
+        logits = predict_logits(load_classifier(work / "teacher").to(device), load_tokenizer(work / "teacher"), pool,
+                                cfg.max_length, device, loop.precision)
+        pseudo = select_pseudo_labels(torch.softmax(logits, dim=-1).numpy(), pool, labels, st.confidence,
+                                      st.max_per_class)
+
+        student = finetune(task, "pretrained", cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir,
+                           work / "student", tracker, extra=(pseudo.texts, pseudo.labels))
+        chosen = "student" if student.val_macro_f1 > teacher.val_macro_f1 else "teacher"
+        report = {"chosen": chosen, "teacher_val_macro_f1": teacher.val_macro_f1,
+                  "student_val_macro_f1": student.val_macro_f1, "pool": pseudo.pool_size,
+                  "pseudo_labels": len(pseudo.texts), "pseudo_per_class": pseudo.per_class,
+                  "settings": asdict(st)}
+        if teacher_copy is not None:
+            shutil.copytree(work / "teacher", teacher_copy)
+        (work / chosen / "self_training.json").write_text(json.dumps(report, indent=1))
+        replace_dir(work / chosen, out_dir)
+    return (student if chosen == "student" else teacher), report

@@ -1,0 +1,54 @@
+"""Self-training: the unlabeled pool never holds a labelled text, pseudo-labels respect the threshold and the
+per-class cap, and the whole loop runs on a tiny model (fixture data) and keeps the better of teacher and student."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from selfsup.config import SelfTrainingConfig
+from selfsup.text.self_training import select_pseudo_labels, self_train, unlabeled_pool
+
+
+def test_pool_leaves_out_every_labelled_text_up_to_case_and_spacing():
+    corpus = [("tweets", "My bag is lost"), ("tweets", "flight delayed again"), ("bbc_news", "Markets fell"),
+              ("tweets", "great crew today")]
+    pool = unlabeled_pool(corpus, ["tweets"], ["my  BAG is lost", "Great crew today"], max_pool=10, seed=0)
+    assert pool == ["flight delayed again"]
+    assert len(unlabeled_pool(corpus * 1, ["tweets", "bbc_news"], [], max_pool=2, seed=0)) == 2
+    with pytest.raises(ValueError, match=r"sources not in the corpus: \['reddit'\]"):
+        unlabeled_pool(corpus, ["reddit"], [], 10, 0)
+
+
+def test_pseudo_labels_respect_the_threshold_and_the_per_class_cap():
+    probabilities = np.array([[0.95, 0.05], [0.97, 0.03], [0.99, 0.01], [0.6, 0.4], [0.08, 0.92], [0.3, 0.7]])
+    texts = ["a", "b", "c", "d", "e", "f"]
+    pseudo = select_pseudo_labels(probabilities, texts, ["x", "y"], confidence=0.9, max_per_class=2)
+    # x: a, b, c pass (0.95, 0.97, 0.99); the cap keeps the two most confident, c and b; y: only e passes
+    assert list(zip(pseudo.texts, pseudo.labels)) == [("b", "x"), ("c", "x"), ("e", "y")]
+    assert pseudo.per_class == {"x": 2, "y": 1} and pseudo.pool_size == 6
+    with pytest.raises(ValueError, match="probabilities must be"):
+        select_pseudo_labels(probabilities[:, :1], texts, ["x", "y"], 0.9, 2)
+
+
+def test_self_training_loop_on_a_tiny_model(fixture_data, tiny_config, tiny_tokenizer_dir, tmp_path):
+    from selfsup.text.pretrain_mlm import pretrain_mlm
+
+    pretrain_mlm(dataclasses.replace(tiny_config.pretrain, out_dir=tmp_path / "mlm"),
+                 fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "ckpt")
+    task_cfg = dataclasses.replace(tiny_config.finetune.tasks["intent"], epochs=2, learning_rate=0.01)
+    # confidence 0: every pool text gets a pseudo-label (capped per class), so the student surely trains on some
+    st = SelfTrainingConfig(enabled=True, sources=["tweets"], max_pool=40, confidence=0.0, max_per_class=5)
+    out = tmp_path / "out" / "pretrained"
+    result, report = self_train("intent", task_cfg, st, tiny_config.finetune.loop, tiny_config.pretrain.model,
+                                fixture_data / "intent", tiny_config.data.tasks["intent"].labels,
+                                fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "mlm", out)
+    saved = json.loads((out / "self_training.json").read_text())
+    assert saved["chosen"] == report["chosen"] in ("teacher", "student")
+    assert 0 < report["pseudo_labels"] <= 5 * 8 and report["pseudo_labels"] == sum(report["pseudo_per_class"].values())
+    assert report["pool"] <= 40
+    best = max(report["teacher_val_macro_f1"], report["student_val_macro_f1"])
+    assert result.val_macro_f1 == best  # the better one on validation is kept
+    assert (out / "model.safetensors").exists()
+    assert [p.name for p in out.parent.iterdir()] == ["pretrained"], "no work folder left behind"
