@@ -4,7 +4,9 @@ setting is chosen on) and test (reported, not chosen on).
 
 Needs the pipeline's tokenizer and pretrained encoder (``make run``); writes nothing into the pipeline's outputs.
 
-    python benchmarks/self_training.py --task intent [--seeds 1 2 3] [--quick] [key=value overrides]
+    python benchmarks/self_training.py [key=value overrides] --task intent [--seeds 1 2 3] [--quick]
+
+(overrides go first: --seeds takes every number after it)
 
 Self-training settings come from ``finetune.tasks.<task>.self_training`` (overrides welcome, e.g.
 ``finetune.tasks.intent.self_training.confidence=0.8``); it is switched on here whatever ``enabled`` says.

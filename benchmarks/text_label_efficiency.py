@@ -6,7 +6,9 @@ default run leaves out: every share, three seeds, and no cap on the optimizer st
 setting's steps). Needs the pipeline's tokenizer and pretrained encoder (``make run``); writes nothing into the
 pipeline's outputs, only ``--out`` (default ``benchmarks/out/label_efficiency``).
 
-    python benchmarks/text_label_efficiency.py [--tasks intent sentiment topic] [--quick] [key=value overrides]
+    python benchmarks/text_label_efficiency.py [key=value overrides] [--tasks intent sentiment topic] [--quick]
+
+(overrides go first: --tasks, --fractions and --seeds take every value after them)
 
 ``--quick``: one seed, 10 % and 100 %, at most 50 steps per run (a smoke test, not a measurement).
 Ends with one JSON line: per task and share, each arm's mean macro-F1 and both error ratios.

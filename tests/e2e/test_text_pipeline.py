@@ -225,6 +225,25 @@ def test_predict_serves_the_exported_model(repo):
     assert label in json.loads((repo / "models/onnx/intent/labels.json").read_text())
 
 
+@pytest.mark.parametrize("script, extra", [
+    ("benchmarks/text_label_efficiency.py", ["--tasks", "intent"]),
+    ("benchmarks/self_training.py", ["--task", "intent"]),
+])
+def test_benchmark_runs_on_the_tiny_setting(repo, tmp_path, script, extra):
+    """Each benchmark's --quick run on the pipeline's tiny models: it finishes and ends with its JSON line."""
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    out = ["--out", str(tmp_path / "out")] if "label_efficiency" in script else []
+    result = subprocess.run([sys.executable, script, "preset=tiny", "tracking.enabled=false", *extra, "--quick",
+                             *out], cwd=repo, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    if "label_efficiency" in script:
+        assert set(summary["intent"]) == {"0.1", "1"}
+        assert {"pretrained", "scratch", "classical", "error_ratio_scratch"} <= set(summary["intent"]["0.1"])
+    else:
+        assert {"plain_val", "chosen_val", "val_gain"} <= set(summary)
+
+
 def test_second_repro_is_a_noop_and_registers_nothing(repo):
     again = _run(repo, "dvc", "repro")
     assert again.returncode == 0
@@ -241,7 +260,8 @@ def test_changing_one_task_reruns_only_that_task(repo):
     result = _run(repo, "dvc", "repro")
     assert result.returncode == 0, result.stderr[-3000:]
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"finetune@intent", "evaluate@intent", "export@intent", "register"}
+    # label_efficiency reads every task's fine-tuning settings and evaluation: it reruns too
+    assert ran == {"finetune@intent", "evaluate@intent", "export@intent", "label_efficiency", "register"}
     client = _registry(repo)
     assert len(client.search_model_versions("name='selfsup-intent'")) == 2
     assert len(client.search_model_versions("name='selfsup-sentiment'")) == 1
