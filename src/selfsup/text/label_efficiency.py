@@ -4,7 +4,8 @@ For every (task, share of the labels, seed) the three arms are trained on exactl
 (``cap_stratified`` with that seed: the neural arms through ``finetune``'s own cap, the classical arm directly) and
 scored on the whole test split:
 
-    pretrained   the pipeline's MLM encoder, fine-tuned (``selfsup.text.finetune``)
+    pretrained   the pipeline's MLM encoder, fine-tuned (``selfsup.text.finetune``), and self-trained on unlabeled
+                 texts where the task enables it (``selfsup.text.self_training``): the pipeline's own recipe
     scratch      the same architecture from random weights, same settings
     classical    TF-IDF + linear model, its grid chosen on validation (``selfsup.text.classical``)
 
@@ -49,6 +50,7 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
     from selfsup.text.data import cap_stratified, read_labelled
     from selfsup.text.finetune import finetune
     from selfsup.text.model import load_classifier, predict_logits
+    from selfsup.text.self_training import self_train
     from selfsup.text.tokenizer import load_tokenizer
 
     evaluated = evaluated or {}
@@ -80,8 +82,13 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
                 with tempfile.TemporaryDirectory() as scratch:
                     for init in ("pretrained", "scratch"):
                         out = Path(scratch) / init
-                        finetune(task, init, run_cfg, run_loop, cfg.pretrain.model, data_dir, spec.labels,
-                                 Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir), out)
+                        if init == "pretrained" and task_cfg.self_training.enabled:
+                            self_train(task, run_cfg, task_cfg.self_training, run_loop, cfg.pretrain.model, data_dir,
+                                       spec.labels, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir),
+                                       Path(cfg.pretrain.out_dir), out)
+                        else:
+                            finetune(task, init, run_cfg, run_loop, cfg.pretrain.model, data_dir, spec.labels,
+                                     Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir), out)
                         logits = predict_logits(load_classifier(out), tokenizer, test_texts, task_cfg.max_length,
                                                 torch.device("cpu"))
                         scores[init] = classification_scores(y_true, logits.argmax(-1).tolist())
