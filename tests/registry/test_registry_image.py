@@ -42,6 +42,7 @@ def _write_reports(folder: Path, exported: dict, knn: float, method: str = "simc
         "pretrain_ssl": {"method": method, "embedding_std": 0.43, "effective_rank": 30.1, "collapsed": 0},
         "evaluate_ssl": {"method": method, "ssl": {"knn_accuracy": knn, "probe_accuracy": shares},
                          "random_init": {"knn_accuracy": 0.746, "probe_accuracy": {k: 0.6 for k in shares}},
+                         "raw_pixels": {"knn_accuracy": knn - 0.01, "probe_accuracy": {k: 0.6 for k in shares}},
                          "supervised_from_scratch": {"accuracy": {k: 0.64 for k in shares}}},
         "artifacts/export_ssl": exported,
     }
@@ -93,6 +94,7 @@ def test_register_gate_promote_rollback_fetch(project, capsys):
     assert metrics["knn_accuracy"] == 0.775 and metrics["probe_accuracy"] == pytest.approx(0.795)
     assert metrics["random_init_knn_accuracy"] == 0.746 and metrics["probe_accuracy_0.01"] == pytest.approx(0.695)
     assert metrics["embedding_std"] == 0.43 and metrics["onnx_label_agreement"] == 1.0
+    assert metrics["raw_pixels_knn_accuracy"] == pytest.approx(0.765)  # the classical arm, for the gate's check
 
     (decision,) = gate_versions(cfg, IMAGE_TASK)
     assert decision.verdict.passed and decision.aliases == ["challenger", "champion"]
@@ -131,7 +133,7 @@ def test_register_gate_promote_rollback_fetch(project, capsys):
     params = ["--params", str(REPO / "params.yaml")]
     assert main([*params, "registry", "list", "--task", IMAGE_TASK, *overrides]) == 0
     header, *lines = capsys.readouterr().out.splitlines()
-    assert header.split()[4:8] == ["kNN", "probe", "rnd.kNN", "gate"] and len(lines) == 3
+    assert header.split()[4:9] == ["kNN", "probe", "rnd.kNN", "pix.kNN", "gate"] and len(lines) == 3
     assert "0.600" in lines[1] and "kNN accuracy 0.6000 < gate.image.min_knn_accuracy" in lines[1]
     assert main([*params, "registry", "promote", IMAGE_TASK, "2", *overrides]) == 1
     assert "did not pass the quality gate" in capsys.readouterr().err
