@@ -107,7 +107,9 @@ def test_gate_failure_promotion_refusal_and_rollback(first_run, repo):
     # a second intent model that passes without beating the champion: challenger only; then promote / roll back
     _edit_params(repo, finetune__tasks__intent__learning_rate=0.002)
     second = training(repo=str(repo), pull_data=False)
-    assert set(second["stages_run"]) == {"finetune@intent", "evaluate@intent", "export@intent", "register"}
+    # label_efficiency reads every task's fine-tuning settings and evaluation: it reruns too
+    assert set(second["stages_run"]) == {"finetune@intent", "evaluate@intent", "export@intent", "label_efficiency",
+                                         "register"}
     (decision,) = second["gated"]
     assert decision["version"] == 2 and decision["passed"] and decision["aliases"] == ["challenger"], decision
     assert _aliases(repo, "intent") == {1: ["champion"], 2: ["challenger"]}
