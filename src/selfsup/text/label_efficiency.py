@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-ARMS = ("pretrained", "scratch", "classical")
+from selfsup.text.evaluate import ARMS  # pretrained, scratch, classical
 
 
 def run_epochs(full_examples: int, examples: int, batch_size: int, epochs: int, max_steps: int) -> int:
@@ -48,9 +48,8 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
     from selfsup.metrics import classification_scores
     from selfsup.text.classical import fit_classical
     from selfsup.text.data import cap_stratified, read_labelled
-    from selfsup.text.finetune import finetune
     from selfsup.text.model import load_classifier, predict_logits
-    from selfsup.text.self_training import self_train
+    from selfsup.text.self_training import train_pretrained_or_scratch
     from selfsup.text.tokenizer import load_tokenizer
 
     evaluated = evaluated or {}
@@ -82,13 +81,9 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
                 with tempfile.TemporaryDirectory() as scratch:
                     for init in ("pretrained", "scratch"):
                         out = Path(scratch) / init
-                        if init == "pretrained" and task_cfg.self_training.enabled:
-                            self_train(task, run_cfg, task_cfg.self_training, run_loop, cfg.pretrain.model, data_dir,
-                                       spec.labels, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir),
-                                       Path(cfg.pretrain.out_dir), out)
-                        else:
-                            finetune(task, init, run_cfg, run_loop, cfg.pretrain.model, data_dir, spec.labels,
-                                     Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir), out)
+                        train_pretrained_or_scratch(task, init, run_cfg, run_loop, cfg.pretrain.model, data_dir,
+                                                    spec.labels, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir),
+                                                    Path(cfg.pretrain.out_dir), out)
                         logits = predict_logits(load_classifier(out), tokenizer, test_texts, task_cfg.max_length,
                                                 torch.device("cpu"))
                         scores[init] = classification_scores(y_true, logits.argmax(-1).tolist())

@@ -114,3 +114,18 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
         (work / chosen / "self_training.json").write_text(json.dumps(report, indent=1))
         replace_dir(work / chosen, out_dir)
     return (student if chosen == "student" else teacher), report
+
+
+def train_pretrained_or_scratch(task: str, init: str, task_cfg: FinetuneTaskConfig, loop: TrainLoopConfig,
+                                model_cfg: ModelConfig, data_dir: Path, labels: list[str], corpus_path: Path,
+                                tokenizer_dir: Path, pretrained_dir: Path, out_dir: Path, tracker=None):
+    """The pipeline's recipe for one neural arm: the pretrained arm self-trained where ``task_cfg.self_training``
+    enables it, otherwise plain ``finetune``. Returns ``(FinetuneResult, self-training report or None)``; used by the
+    finetune stage and the label-efficiency grid, so both train the same way."""
+    from selfsup.text.finetune import finetune
+
+    if init == "pretrained" and task_cfg.self_training.enabled:
+        return self_train(task, task_cfg, task_cfg.self_training, loop, model_cfg, data_dir, labels, corpus_path,
+                          tokenizer_dir, pretrained_dir, out_dir, tracker)
+    return finetune(task, init, task_cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir, out_dir,
+                    tracker), None

@@ -112,24 +112,20 @@ def _plot_pretrain(result, path: Path) -> None:
 def finetune_stage(cfg: Config, params_file: Path, task: str) -> dict:
     """Fine-tune ``task`` from the pretrained encoder (self-trained on unlabeled texts where
     ``finetune.tasks.<task>.self_training.enabled``) and from scratch (same settings); validation summary."""
-    from selfsup.text.finetune import finetune
     from selfsup.text.model import INITS
-    from selfsup.text.self_training import self_train
+    from selfsup.text.self_training import train_pretrained_or_scratch
     from selfsup.tracking import open_run
 
     spec, task_cfg = task_spec(cfg, task)
     summary = {}
     with open_run(cfg, "finetune", params_file, task_cfg, task=task) as tracker:
         for init in INITS:
-            out = Path(task_cfg.out_dir) / task / init
-            if init == "pretrained" and task_cfg.self_training.enabled:
-                result, report = self_train(task, task_cfg, task_cfg.self_training, cfg.finetune.loop,
-                                            cfg.pretrain.model, Path(spec.dir), spec.labels, Path(cfg.data.corpus),
-                                            Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir), out, tracker)
+            result, report = train_pretrained_or_scratch(
+                task, init, task_cfg, cfg.finetune.loop, cfg.pretrain.model, Path(spec.dir), spec.labels,
+                Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir),
+                Path(task_cfg.out_dir) / task / init, tracker)
+            if report is not None:
                 summary["self_training"] = {k: v for k, v in report.items() if k != "settings"}
-            else:
-                result = finetune(task, init, task_cfg, cfg.finetune.loop, cfg.pretrain.model, Path(spec.dir),
-                                  spec.labels, Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir), out, tracker)
             summary[init] = {"val_accuracy": result.val_accuracy, "val_macro_f1": result.val_macro_f1,
                              "best_epoch": result.best_epoch, "train_examples": result.train_examples,
                              "seconds": result.wall_seconds}
