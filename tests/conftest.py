@@ -156,3 +156,62 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+INTENT_LABELS = ["baggage", "booking", "delay", "other"]
+
+
+def export_tiny_classifier(tokenizer_dir: Path, out: Path, seed: int, labels: list[str] = INTENT_LABELS) -> Path:
+    """A tiny randomly initialised classifier exported to an ONNX folder (model.onnx, tokenizer.json, labels.json,
+    export.json) exactly as the export stage writes it; different seeds give different weights (and ONNX hashes)."""
+    import torch
+
+    from selfsup.config import ModelConfig
+    from selfsup.text.export import export_classifier
+    from selfsup.text.model import classifier_from_scratch
+    from selfsup.text.tokenizer import load_tokenizer
+
+    torch.manual_seed(seed)
+    model_dir = out.parent / f"{out.name}.torch"
+    model = classifier_from_scratch(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                                max_position=64), 400, 0, labels)
+    model.save_pretrained(str(model_dir))
+    load_tokenizer(tokenizer_dir).save_pretrained(str(model_dir))
+    texts = ["my bag is lost", "can I change my flight", "two hours late again", "thanks!"]
+    export_classifier(model_dir, labels, texts, 64, out, opset=18, min_label_agreement=1.0, max_abs_logit_diff=1e-3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_classifier(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """An exported tiny intent-like classifier folder (a real torch.onnx export, ~5 s once per session)."""
+    return export_tiny_classifier(tiny_tokenizer_dir, tmp_path_factory.mktemp("onnx") / "intent", seed=1)
+
+
+IMAGE_CLASSES = ["a", "b", "c"]
+
+
+def export_tiny_image_model(out: Path, seed: int) -> Path:
+    """A tiny convnet encoder + linear probe exported by the real export_ssl code (images uint8 [B, 1, 28, 28])."""
+    import numpy as np
+    import torch
+
+    from selfsup.vision.export import export_image_model
+    from selfsup.vision.model import LinearProbe, build_backbone, save_encoder
+
+    torch.manual_seed(seed)
+    work = out.parent / f"{out.name}.torch"
+    work.mkdir(parents=True, exist_ok=True)
+    encoder = build_backbone("convnet", 1, 4).eval()
+    save_encoder(encoder, work / "encoder.pt", "convnet", 4, 1, {"method": "simclr"})
+    probe = LinearProbe(encoder.out_dim, len(IMAGE_CLASSES))
+    torch.save({"state_dict": probe.state_dict(), "dim": encoder.out_dim, "classes": IMAGE_CLASSES},
+               work / "probe.pt")
+    images = np.random.default_rng(seed).integers(0, 256, (8, 1, 28, 28), dtype=np.uint8)
+    export_image_model(work / "encoder.pt", work / "probe.pt", images, out, 18, 1e-3, 0.999)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_image_model(tmp_path_factory) -> Path:
+    return export_tiny_image_model(tmp_path_factory.mktemp("onnx") / "image-encoder", seed=1)

@@ -319,6 +319,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from selfsup.serve.build import build_app, parse_model_args
+    from selfsup.serve.sources import NothingToServe
+
+    cfg = load_config(args.params, args.overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = build_app(cfg, parse_model_args(args.model) if args.model else None)
+    except NothingToServe as err:
+        _print_err(str(err))
+        return 2
+    host, port = args.host or cfg.serve.host, args.port or cfg.serve.port
+    for name, slot in app.state.service.slots.items():
+        version = "" if slot.current.version == "local" else f" v{slot.current.version}"
+        print(f"serving {name}: {slot.current.name}{version} from {slot.current.source}", flush=True)
+    print(f"listening on http://{host}:{port} (API docs: /docs, metrics: /metrics); Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=args.access_log)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- image stages
 
 
@@ -455,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's score")
     p.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("serve", help="the inference service: registry champions (or --model folders) over HTTP",
+                       description="FastAPI + onnxruntime service with micro-batching and hot reload; docs/serving.md")
+    p.add_argument("--host", help="address to listen on (default serve.host: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default serve.port: 8000)")
+    p.add_argument("--model", action="append", metavar="TASK=DIR",
+                   help="serve this export folder instead of the registry (repeatable; DIR alone: task = folder name)")
+    p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a params.yaml value")
+    p.set_defaults(func=cmd_serve)
     # image stages
     add("validate-images", cmd_validate_images, "validate every image in the image manifest (Great Expectations)")
     add("pretrain-ssl", cmd_pretrain_ssl, "self-supervised image pretraining with vision.pretrain.method")

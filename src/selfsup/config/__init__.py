@@ -5,10 +5,10 @@ from selfsup.config.base import ConfigError, TrainLoopConfig, option
 from selfsup.config.load import (Config, apply_override, config_from_dict, config_to_dict, describe_keys, load_config,
                                  set_path)
 from selfsup.config.ops import (IMAGE_GATE_METRICS, IMAGE_TASK, BatchRules, GateConfig, ImageGate, MonitorConfig,
-                                OrchestrationConfig, RouteConfig, TaskGate, TrackingConfig)
+                                OrchestrationConfig, RouteConfig, ServeConfig, TaskGate, TrackingConfig)
 from selfsup.config.text import (ClassicalConfig, DataConfig, LabelEfficiencyConfig, SelfTrainingConfig, ExportConfig, FinetuneConfig, FinetuneTaskConfig, ModelConfig, PretrainConfig,
                                  TableRules, TaskData, TokenizerConfig, ValidateConfig)
 from selfsup.config.vision import (BACKBONES, SSL_METHODS, AugmentConfig, ImageRules, SSLEvaluateConfig, SSLExportConfig,
                                    SSLPretrainConfig, VisionConfig, VisionDataConfig)
 
-__all__ = ["ConfigError", "option", "TaskData", "DataConfig", "TableRules", "ValidateConfig", "TokenizerConfig", "ModelConfig", "TrainLoopConfig", "PretrainConfig", "FinetuneTaskConfig", "FinetuneConfig", "ClassicalConfig", "LabelEfficiencyConfig", "SelfTrainingConfig", "ExportConfig", "TrackingConfig", "SSL_METHODS", "BACKBONES", "VisionDataConfig", "ImageRules", "AugmentConfig", "SSLPretrainConfig", "SSLEvaluateConfig", "SSLExportConfig", "VisionConfig", "TaskGate", "IMAGE_TASK", "IMAGE_GATE_METRICS", "ImageGate", "GateConfig", "BatchRules", "MonitorConfig", "RouteConfig", "OrchestrationConfig", "Config", "set_path", "apply_override", "config_from_dict", "load_config", "config_to_dict", "describe_keys"]
+__all__ = ["ConfigError", "option", "TaskData", "DataConfig", "TableRules", "ValidateConfig", "TokenizerConfig", "ModelConfig", "TrainLoopConfig", "PretrainConfig", "FinetuneTaskConfig", "FinetuneConfig", "ClassicalConfig", "LabelEfficiencyConfig", "SelfTrainingConfig", "ExportConfig", "TrackingConfig", "SSL_METHODS", "BACKBONES", "VisionDataConfig", "ImageRules", "AugmentConfig", "SSLPretrainConfig", "SSLEvaluateConfig", "SSLExportConfig", "VisionConfig", "TaskGate", "IMAGE_TASK", "IMAGE_GATE_METRICS", "ImageGate", "GateConfig", "BatchRules", "MonitorConfig", "RouteConfig", "OrchestrationConfig", "ServeConfig", "Config", "set_path", "apply_override", "config_from_dict", "load_config", "config_to_dict", "describe_keys"]

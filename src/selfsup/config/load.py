@@ -20,7 +20,7 @@ import yaml
 
 from selfsup.config.base import ConfigError, _check, check_rules, describe_rules, option
 from selfsup.config.ops import (IMAGE_TASK, GateConfig, MonitorConfig, OrchestrationConfig, RouteConfig,
-                                TrackingConfig)
+                                ServeConfig, TrackingConfig)
 from selfsup.config.text import (DataConfig, ExportConfig, FinetuneConfig, PretrainConfig, TaskData, TokenizerConfig,
                                  ValidateConfig)
 from selfsup.config.vision import VisionConfig
@@ -45,6 +45,7 @@ class Config:
     route: RouteConfig = option(default_factory=RouteConfig, help="the customer-service routing flow")
     orchestration: OrchestrationConfig = option(default_factory=OrchestrationConfig,
                                                 help="Prefect schedules and the local server")
+    serve: ServeConfig = option(default_factory=ServeConfig, help="the inference service (selfsup serve)")
 
     def served_task(self, section: str) -> TaskData:
         """The declared task a flow section (``monitor`` / ``route``) serves; checked when the flow starts, so a

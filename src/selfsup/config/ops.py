@@ -134,8 +134,32 @@ class RouteConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The inference service (``selfsup serve``): which models, how requests are batched, limits on input."""
+
+    host: str = option("127.0.0.1", help="address to listen on; 0.0.0.0 exposes the service to the network")
+    port: int = option(8000, help="port to listen on", ge=1, le=65535)
+    tasks: list[str] = option(default_factory=list, help="registered tasks to serve (intent, sentiment, topic, "
+                              "image-encoder); empty: every declared text task and the image encoder")
+    alias: str = option("champion", help="registry alias whose version is served (and followed when it moves)")
+    models_dir: Path = option(Path("serving/models"), help="where versions fetched from the registry are kept")
+    poll_seconds: float = option(10.0, help="how often the registry is checked for a moved alias; 0: never", ge=0)
+    max_batch_size: int = option(64, help="most texts (images) one onnxruntime call scores", ge=1, le=4096)
+    max_wait_ms: float = option(2.0, help="how long the first request of a batch waits for others to join it "
+                                "(a batch also starts as soon as the previous one finishes)", ge=0, le=1000)
+    intra_op_threads: int = option(1, help="onnxruntime threads per session (measured: benchmarks/serve_load.py)",
+                                   ge=1, le=256)
+    top_k: int = option(3, help="labels returned per text unless a request asks for another number", ge=1)
+    max_chars: int = option(2000, help="longest text accepted, in characters", ge=1)
+    max_batch_items: int = option(64, help="most texts in one request", ge=1)
+    max_body_bytes: int = option(1_048_576, help="largest request body accepted (bytes)", ge=1024)
+    max_image_pixels: int = option(4_194_304, help="largest image accepted (width x height), against "
+                                   "decompression bombs", ge=1)
+
+
+@dataclass
 class OrchestrationConfig:
-    """Prefect deployments and the local server that runs their schedules (``make serve``)."""
+    """Prefect deployments and the local server that runs their schedules (``make orchestrate``)."""
 
     # five whitespace-separated fields, as str.split() counts them (re's \s is the same Unicode whitespace)
     training_cron: str = option("0 2 * * *", help="cron schedule of the training flow: 5 fields (nightly)",

@@ -21,10 +21,16 @@ class Prediction:
     scores: dict[str, float]
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, C] logits."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 class OnnxClassifier:
     """An exported classifier: ``OnnxClassifier(folder).predict(["text", ...])``."""
 
-    def __init__(self, folder: Path, providers: list[str] | None = None):
+    def __init__(self, folder: Path, providers: list[str] | None = None, session_options=None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -38,26 +44,32 @@ class OnnxClassifier:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.max_length)
         self.pad_id = self.tokenizer.token_to_id("[PAD]")
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), providers=providers or ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(folder / "model.onnx"), sess_options=session_options,
+                                            providers=providers or ["CPUExecutionProvider"])
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text, truncated to ``max_length`` (no padding): the part that needs no session."""
+        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+
+    def logits_of_ids(self, ids_per_text: list[list[int]]) -> np.ndarray:
+        """[N, n_labels] float32 logits of already tokenized texts, in one session call (padded to the longest)."""
+        width = max(len(ids) for ids in ids_per_text)
+        ids = np.full((len(ids_per_text), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids_per_text), width), dtype=np.int64)
+        for row, token_ids in enumerate(ids_per_text):
+            ids[row, : len(token_ids)] = token_ids
+            mask[row, : len(token_ids)] = 1
+        return self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """[N, n_labels] float32 logits, in input order."""
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            encodings = self.tokenizer.encode_batch(texts[start : start + batch_size])
-            width = max(len(e.ids) for e in encodings)
-            ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(encodings), width), dtype=np.int64)
-            for row, enc in enumerate(encodings):
-                ids[row, : len(enc.ids)] = enc.ids
-                mask[row, : len(enc.ids)] = 1
-            out[start : start + len(encodings)] = self.session.run(
-                ["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+            chunk = texts[start : start + batch_size]
+            out[start : start + len(chunk)] = self.logits_of_ids(self.encode(chunk))
         return out
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        logits = self.logits(texts)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        probs = softmax(self.logits(texts))
         return [Prediction(text, self.labels[int(p.argmax())], float(p.max()),
                            {label: float(v) for label, v in zip(self.labels, p)}) for text, p in zip(texts, probs)]

@@ -47,7 +47,7 @@ class _LogitsOnly(torch.nn.Module):
 
 def export_onnx(model, path: Path, max_length: int, opset: int) -> None:
     """torch.export-based ONNX export with dynamic batch and sequence axes, weights inside the one file."""
-    wrapper = _LogitsOnly(model.eval())
+    wrapper = _LogitsOnly(model.eval()).eval()
     example = torch.full((2, 8), 5, dtype=torch.long)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=max_length)
     torch.onnx.export(

@@ -1,0 +1,145 @@
+"""The models the service runs, with onnxruntime (and tokenizers, Pillow) only — torch is never imported here.
+
+``TextModel`` wraps an exported classifier folder (``selfsup.text.export``), ``ImageModel`` an exported image
+encoder folder (``selfsup.vision.export``). Each splits its work in two: ``prepare`` (tokenize / decode an image),
+done in the request outside any batch, and ``run`` (one onnxruntime call on a whole batch), done by the batcher.
+``load_model`` tells the two apart by the folder's files and checks the model answers before it may be served.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from selfsup.serve.predict import OnnxClassifier, softmax
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder that cannot be served; the message names the folder and what is wrong."""
+
+
+def session_options(intra_op_threads: int):
+    """One session per model on a small machine: a fixed thread count, and threads that sleep instead of spinning
+    when idle, so several sessions and the event loop do not steal each other's cores."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+@dataclass
+class TextScores:
+    """One text's answer: labels ranked by probability (at most top_k of them)."""
+
+    label: str
+    confidence: float
+    ranked: list[tuple[str, float]]
+
+
+class TextModel:
+    kind = "text"
+
+    def __init__(self, folder: Path, intra_op_threads: int = 1):
+        self.folder = Path(folder)
+        self.classifier = OnnxClassifier(self.folder, session_options=session_options(intra_op_threads))
+        self.labels = self.classifier.labels
+
+    def prepare(self, texts: list[str]) -> list[list[int]]:
+        return self.classifier.encode(texts)
+
+    def run(self, token_ids: list[list[int]]) -> list[np.ndarray]:
+        """Probabilities [n_labels] per text, from one session call."""
+        return list(softmax(self.classifier.logits_of_ids(token_ids)))
+
+    def rank(self, probs: np.ndarray, top_k: int) -> TextScores:
+        order = np.argsort(-probs)[:top_k]
+        ranked = [(self.labels[i], float(probs[i])) for i in order]
+        return TextScores(ranked[0][0], ranked[0][1], ranked)
+
+    def self_check(self) -> None:
+        probs = self.run(self.prepare(["hello", "my bag did not arrive"]))
+        if not all(np.isfinite(p).all() and abs(float(p.sum()) - 1) < 1e-3 for p in probs):
+            raise ModelLoadError(f"{self.folder}: the model gives non-finite or unnormalised probabilities")
+
+
+class ImageRejected(ValueError):
+    """An upload that is not an image the model can take; the message says which rule it broke."""
+
+
+class ImageModel:
+    """``images uint8 [B, C, H, W] -> embedding [B, D], logits [B, classes]``; uploads are converted to the
+    model's channel count and resized to its input size."""
+
+    kind = "image"
+
+    def __init__(self, folder: Path, intra_op_threads: int = 1):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        for name in ("model.onnx", "classes.json"):
+            if not (self.folder / name).exists():
+                raise ModelLoadError(f"{self.folder / name} is missing: not an exported selfsup image model folder")
+        self.labels: list[str] = json.loads((self.folder / "classes.json").read_text())
+        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), sess_options=session_options(
+            intra_op_threads), providers=["CPUExecutionProvider"])
+        shape = self.session.get_inputs()[0].shape  # ['batch', C, H, W]
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise ModelLoadError(f"{self.folder}: expected an input [batch, C, H, W] with fixed C, H, W; got {shape}")
+        self.channels, self.height, self.width = shape[1:]
+
+    def prepare_image(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """PNG/JPEG bytes -> uint8 [C, H, W]. The size is checked from the header, before any pixel is decoded."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format not in ("PNG", "JPEG"):
+                    raise ImageRejected(f"the upload is {image.format}, not PNG or JPEG")
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageRejected(f"the image has {width}x{height} = {width * height:,} pixels; the limit is "
+                                        f"{max_pixels:,} (serve.max_image_pixels)")
+                image = image.convert("L" if self.channels == 1 else "RGB")
+                image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.uint8)
+        except ImageRejected:
+            raise
+        except UnidentifiedImageError:
+            raise ImageRejected("the upload is not a PNG or JPEG image (its bytes are no known image format)") from None
+        except Image.DecompressionBombError as err:
+            raise ImageRejected(f"the image is too large to decode safely ({err})") from None
+        except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt data inside a valid header
+            raise ImageRejected(f"the image is damaged and cannot be decoded ({err})") from None
+        return pixels[None] if self.channels == 1 else pixels.transpose(2, 0, 1)
+
+    def run(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(embedding [D], probabilities [classes]) per image, from one session call."""
+        embedding, logits = self.session.run(["embedding", "logits"], {"images": np.stack(images)})
+        return list(zip(embedding, softmax(logits)))
+
+    def self_check(self) -> None:
+        (embedding, probs), = self.run([np.zeros((self.channels, self.height, self.width), dtype=np.uint8)])
+        if not (np.isfinite(embedding).all() and np.isfinite(probs).all()):
+            raise ModelLoadError(f"{self.folder}: the model gives non-finite outputs")
+
+
+def load_model(folder: Path, intra_op_threads: int = 1) -> TextModel | ImageModel:
+    """Load an exported text classifier or image encoder folder and check that it answers."""
+    folder = Path(folder)
+    if not (folder / "model.onnx").exists():
+        raise ModelLoadError(f"{folder}: no model.onnx — not an exported selfsup model folder")
+    try:
+        model = (ImageModel if (folder / "classes.json").exists() else TextModel)(folder, intra_op_threads)
+        model.self_check()
+    except ModelLoadError:
+        raise
+    except Exception as err:  # a corrupt or truncated file surfaces as many onnxruntime/tokenizers error types
+        raise ModelLoadError(f"{folder}: cannot be loaded ({type(err).__name__}: {err})") from err
+    return model
