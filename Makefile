@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test test-unit setup data serve train-flow clean-venv
+.PHONY: run test test-unit setup data serve orchestrate train-flow clean-venv
 
 run: data  ## set up, materialize data/, then run the whole pipeline (dvc repro)
 	dvc repro
@@ -37,7 +37,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
 	touch $@
 
-serve: setup  ## local Prefect server (127.0.0.1:4200) + the scheduled deployments (flows/deployments.py); Ctrl-C stops
+serve: setup  ## the inference service on http://127.0.0.1:8000: gate new registry versions, serve the champions
+	selfsup registry gate
+	selfsup serve
+
+orchestrate: setup  ## local Prefect server (127.0.0.1:4200) + the scheduled deployments (flows/deployments.py); Ctrl-C stops
 	python -m flows.deployments
 
 train-flow: setup  ## one run of the training flow now: data, dvc repro stage by stage, quality gate, aliases

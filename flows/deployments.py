@@ -1,6 +1,6 @@
 """Every deployment and its schedule, declared once, and the one command that runs them.
 
-    python -m flows.deployments [--repo .]      (or: make serve)
+    python -m flows.deployments [--repo .]      (or: make orchestrate)
 
 * ``selfsup-training/nightly`` — the training flow on ``orchestration.training_cron`` (default 02:00 UTC)
 * ``selfsup-sentiment-monitor/monitor`` — every ``orchestration.monitor_interval_minutes``

@@ -147,6 +147,8 @@ class ServeConfig:
     max_batch_size: int = option(64, help="most texts (images) one onnxruntime call scores", ge=1, le=4096)
     max_wait_ms: float = option(2.0, help="how long the first request of a batch waits for others to join it "
                                 "(a batch also starts as soon as the previous one finishes)", ge=0, le=1000)
+    max_batch_tokens: int = option(1024, help="a gathered text batch is sorted by length and split into session "
+                                   "calls of at most this many padded tokens (texts x longest)", ge=1)
     intra_op_threads: int = option(1, help="onnxruntime threads per session (measured: benchmarks/serve_load.py)",
                                    ge=1, le=256)
     top_k: int = option(3, help="labels returned per text unless a request asks for another number", ge=1)

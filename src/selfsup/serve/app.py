@@ -56,10 +56,13 @@ class ServiceMetrics:
         self.latency = Histogram("selfsup_request_seconds", "request latency (server side) by endpoint",
                                  ["endpoint"], registry=self.registry,
                                  buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
-        self.batch_size = Histogram("selfsup_batch_size", "items scored per onnxruntime call", ["model"],
+        self.batch_size = Histogram("selfsup_batch_size", "items gathered into one batch", ["model"],
                                     registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.batch_seconds = Histogram("selfsup_batch_seconds", "duration of one onnxruntime call", ["model"],
                                        registry=self.registry, buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .5))
+        self.session_calls = Histogram("selfsup_session_call_size", "items per onnxruntime session call (a gathered "
+                                       "batch may take several: serve.max_batch_tokens)", ["model"],
+                                       registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.served = Gauge("selfsup_model_info", "1 for the model version each endpoint serves now",
                             ["model", "name", "version"], registry=self.registry)
         self.reloads = Counter("selfsup_model_reloads", "registry alias moves handled, by outcome",
@@ -282,7 +285,8 @@ class Service:
 
     def start(self) -> None:
         for name, slot in self.slots.items():
-            self.batchers[name] = MicroBatcher(name, slot, lambda model, items: model.run(items),
+            on_call = self.metrics.session_calls.labels(name).observe
+            self.batchers[name] = MicroBatcher(name, slot, lambda model, items, on_call=on_call: model.run(items, on_call),
                                                self.settings.max_batch_size, self.settings.max_wait_ms,
                                                self.metrics.on_batch)
             self.metrics.set_served(name, slot.current)

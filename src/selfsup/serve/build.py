@@ -30,7 +30,8 @@ def build_app(cfg: Config, folders: dict[str, Path] | None = None):
     slots, sources, missing = {}, {}, []
     if folders:
         for task, folder in folders.items():
-            slots[task] = ModelSlot(load_folder(task, folder, cfg.serve.intra_op_threads))
+            slots[task] = ModelSlot(load_folder(task, folder, cfg.serve.intra_op_threads,
+                                                 cfg.serve.max_batch_tokens))
     else:
         for task in served_tasks(cfg):
             try:

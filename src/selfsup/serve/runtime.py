@@ -46,17 +46,34 @@ class TextScores:
 class TextModel:
     kind = "text"
 
-    def __init__(self, folder: Path, intra_op_threads: int = 1):
+    def __init__(self, folder: Path, intra_op_threads: int = 1, max_batch_tokens: int = 1024):
         self.folder = Path(folder)
         self.classifier = OnnxClassifier(self.folder, session_options=session_options(intra_op_threads))
         self.labels = self.classifier.labels
+        self.max_batch_tokens = max_batch_tokens
 
     def prepare(self, texts: list[str]) -> list[list[int]]:
         return self.classifier.encode(texts)
 
-    def run(self, token_ids: list[list[int]]) -> list[np.ndarray]:
-        """Probabilities [n_labels] per text, from one session call."""
-        return list(softmax(self.classifier.logits_of_ids(token_ids)))
+    def run(self, token_ids: list[list[int]], on_call=None) -> list[np.ndarray]:
+        """Probabilities [n_labels] per text. Texts are sorted by length and scored in as few session calls as
+        keep each call's padded size (texts x longest) within ``max_batch_tokens``: a padded position costs as
+        much as a real one, and on a CPU one large ragged batch is slower per text than a few even ones
+        (measured: benchmarks/serve_load.py). ``on_call(n)`` is told the size of every session call."""
+        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+        out: list = [None] * len(token_ids)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * len(token_ids[order[end]]) <= self.max_batch_tokens:
+                end += 1
+            chunk = order[start:end]
+            for i, probs in zip(chunk, softmax(self.classifier.logits_of_ids([token_ids[i] for i in chunk]))):
+                out[i] = probs
+            if on_call is not None:
+                on_call(len(chunk))
+            start = end
+        return out
 
     def rank(self, probs: np.ndarray, top_k: int) -> TextScores:
         order = np.argsort(-probs)[:top_k]
@@ -119,9 +136,11 @@ class ImageModel:
             raise ImageRejected(f"the image is damaged and cannot be decoded ({err})") from None
         return pixels[None] if self.channels == 1 else pixels.transpose(2, 0, 1)
 
-    def run(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def run(self, images: list[np.ndarray], on_call=None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(embedding [D], probabilities [classes]) per image, from one session call."""
         embedding, logits = self.session.run(["embedding", "logits"], {"images": np.stack(images)})
+        if on_call is not None:
+            on_call(len(images))
         return list(zip(embedding, softmax(logits)))
 
     def self_check(self) -> None:
@@ -130,13 +149,14 @@ class ImageModel:
             raise ModelLoadError(f"{self.folder}: the model gives non-finite outputs")
 
 
-def load_model(folder: Path, intra_op_threads: int = 1) -> TextModel | ImageModel:
+def load_model(folder: Path, intra_op_threads: int = 1, max_batch_tokens: int = 1024) -> TextModel | ImageModel:
     """Load an exported text classifier or image encoder folder and check that it answers."""
     folder = Path(folder)
     if not (folder / "model.onnx").exists():
         raise ModelLoadError(f"{folder}: no model.onnx — not an exported selfsup model folder")
     try:
-        model = (ImageModel if (folder / "classes.json").exists() else TextModel)(folder, intra_op_threads)
+        model = (ImageModel(folder, intra_op_threads) if (folder / "classes.json").exists() else
+                 TextModel(folder, intra_op_threads, max_batch_tokens))
         model.self_check()
     except ModelLoadError:
         raise

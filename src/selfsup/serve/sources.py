@@ -38,9 +38,10 @@ class Source:
     alias: str | None  # followed in the registry; None for a local folder
 
 
-def load_folder(task: str, folder: Path, intra_op_threads: int) -> Loaded:
+def load_folder(task: str, folder: Path, intra_op_threads: int = 1, max_batch_tokens: int = 1024) -> Loaded:
+    """A local export folder, served under the task's name with the version "local"."""
     folder = Path(folder)
-    return Loaded(load_model(folder, intra_op_threads), folder.name, "local", str(folder.resolve()))
+    return Loaded(load_model(folder, intra_op_threads, max_batch_tokens), task, "local", str(folder.resolve()))
 
 
 def _fetch(cfg: Config, task: str, name: str, version: int) -> Path:
@@ -75,7 +76,9 @@ def resolve(cfg: Config, task: str) -> tuple[Loaded, Source]:
     version = int(chosen["version"])
     folder = _fetch(cfg, task, name, version)
     where = f"models:/{name}@{alias}" if alias in chosen["aliases"] else f"models:/{name}/{version} (no {alias} yet)"
-    return Loaded(load_model(folder, cfg.serve.intra_op_threads), name, str(version), where), Source(task, name, alias)
+    loaded = Loaded(load_model(folder, cfg.serve.intra_op_threads, cfg.serve.max_batch_tokens), name, str(version),
+                    where)
+    return loaded, Source(task, name, alias)
 
 
 class RegistryWatcher:
@@ -108,7 +111,8 @@ class RegistryWatcher:
                 continue
             try:
                 folder = _fetch(self.cfg, task, source.name, version)
-                loaded = Loaded(load_model(folder, self.cfg.serve.intra_op_threads), source.name, str(version),
+                loaded = Loaded(load_model(folder, self.cfg.serve.intra_op_threads,
+                                           self.cfg.serve.max_batch_tokens), source.name, str(version),
                                 f"models:/{source.name}@{source.alias}")
             except (ModelLoadError, OSError, RuntimeError) as err:
                 self._failed[task] = version
