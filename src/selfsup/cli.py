@@ -15,7 +15,9 @@
     selfsup export TASK                            ONNX export + parity check against PyTorch
     selfsup register                               register every exported model (text and image) in MLflow
     selfsup registry list|gate|promote|rollback    registered versions, the quality gate, champion aliases
+    selfsup registry fetch TASK [--alias A] DIR    a registered version (default: the champion) as a model folder
     selfsup predict --model DIR [TEXT ...]         classify text with an exported model (onnxruntime only)
+    selfsup score FILE --model TASK|DIR            score a CSV/JSONL file (same rules as the service)
     selfsup validate-images                        validate every image in the image manifest
     selfsup pretrain-ssl                           self-supervised image pretraining (vision.pretrain.method)
     selfsup evaluate-ssl                           kNN / linear probe vs random init and supervised, plots
@@ -303,19 +305,105 @@ def cmd_registry_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def cmd_registry_fetch(args: argparse.Namespace) -> int:
+    from selfsup.registry.lifecycle import RegistryError, fetch_model, model_name
+
+    cfg = load_config(args.params, args.overrides)
+    try:
+        _registry_tasks(cfg, args.task)
+    except RegistryError as err:
+        _print_err(str(err))
+        return 2
+    try:
+        version, folder = fetch_model(cfg, args.task, args.alias, Path(args.dest))
+    except RegistryError as err:
+        _print_err(str(err))
+        return 1
+    print(f"{model_name(cfg, args.task)} v{version} (@{args.alias}) in {folder}")
+    return 0
+
+
+def _stdin_lines() -> list[str]:
+    """stdin's lines, decoded strictly: a wrong byte is an error (``UnicodeDecodeError``), never a silently altered
+    text. ``utf-8-sig`` drops the byte-order mark some editors put first."""
+    import io
+
+    return [line.rstrip("\n") for line in io.StringIO(sys.stdin.buffer.read().decode("utf-8-sig"), newline=None)]
+
+
+def _texts_to_predict(arguments: list[str]) -> list[str]:
+    """The arguments, else the lines of stdin (blank lines skipped); ``TextRejected`` names the first text that no
+    model should answer (``text 2``, ``stdin line 3``)."""
+    from selfsup.serve.inputs import check_text
+
+    if arguments:
+        return [check_text(text, where=f"text {n}") for n, text in enumerate(arguments, start=1)]
+    return [check_text(line, where=f"stdin line {n}") for n, line in enumerate(_stdin_lines(), start=1)
+            if line.strip()]
+
+
+def _load_classifier(folder: Path):
+    """``OnnxClassifier(folder)``; ``ValueError`` with one line naming the folder when it is not an exported model
+    (its loaders raise plain ``Exception`` subclasses for a damaged model.onnx or tokenizer.json)."""
     from selfsup.serve.predict import OnnxClassifier
 
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    try:
+        return OnnxClassifier(folder)
+    except ImportError:  # a broken installation, not a broken folder
+        raise
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from err
+    except Exception as err:
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{folder} is not a loadable exported selfsup model folder ({type(err).__name__}: "
+                         f"{first_line})") from err
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from selfsup.serve.inputs import TextRejected
+
+    try:
+        texts = _texts_to_predict(args.texts)
+    except TextRejected as err:
+        _print_err(f"refused: {err}; nothing was classified")
+        return 2
+    except UnicodeDecodeError as err:
+        line = err.object.count(b"\n", 0, err.start) + 1
+        _print_err(f"refused: stdin line {line} is not valid UTF-8 (byte {err.object[err.start]:#04x}); "
+                   f"nothing was classified")
+        return 2
     if not texts:
         _print_err("no text given: pass texts as arguments or one per line on stdin")
         return 2
-    classifier = OnnxClassifier(Path(args.model))
+    try:
+        classifier = _load_classifier(Path(args.model))
+    except ValueError as err:
+        _print_err(str(err))
+        return 2
     for prediction in classifier.predict(texts):
         if args.json:
             print(json.dumps(prediction.__dict__))
         else:
             print(f"{prediction.label}\t{prediction.confidence:.3f}\t{prediction.text}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from selfsup.serve.score import ScoreError, describe_rejected, load_scorer, read_table, score_table
+
+    cfg = load_config(args.params, args.overrides)
+    try:
+        table = read_table(Path(args.file), args.text_column)  # an unreadable file fails before a model loads
+        task, loaded = load_scorer(cfg, args.model)
+        summary = score_table(table, loaded, task, cfg, Path(args.out) if args.out else None, args.batch_size)
+    except ScoreError as err:
+        _print_err(f"score: {err}")
+        return 2
+    if summary.rejected:
+        _print_err(describe_rejected(summary))
+    version = "" if loaded.version == "local" else f" v{loaded.version}"
+    print(f"{summary.out}: {summary.scored:,} of {summary.rows:,} rows scored by {loaded.name}{version} "
+          f"({summary.seconds:.1f} s)")
     return 0
 
 
@@ -410,6 +498,12 @@ def cmd_export_ssl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
@@ -457,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("label-efficiency", cmd_label_efficiency,
         "the three arms (pretrained, scratch, classical) at shares of the training labels, several seeds")
     add("register", cmd_register, "register every exported model as a new MLflow registry version")
-    registry = sub.add_parser("registry", help="list, gate, promote and roll back registered models"
+    registry = sub.add_parser("registry", help="list, gate, promote, roll back and fetch registered models"
                               ).add_subparsers(dest="registry_cmd", required=True)
     task_help = "a task in data.tasks (intent, sentiment, topic) or image-encoder"
     p = add("list", cmd_registry_list, "registered versions with metrics, gate verdict and aliases", registry)
@@ -474,11 +568,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help=task_help)
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.set_defaults(func=cmd_registry_rollback)
+    p = registry.add_parser("fetch", help="download a registered version (default: the champion) into DIR as the "
+                                          "model folder `selfsup predict --model DIR` loads")
+    p.add_argument("task", help=task_help)
+    p.add_argument("dest", metavar="DIR", help="the folder to write (replaced whole)")
+    p.add_argument("--alias", default="champion", help="the alias of the version to fetch (default: champion)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.set_defaults(func=cmd_registry_fetch)
     p = sub.add_parser("predict", help="classify text with an exported ONNX model (no torch needed)")
     p.add_argument("--model", required=True, help="an exported model folder, e.g. models/onnx/intent")
     p.add_argument("--json", action="store_true", help="one JSON object per text, with every label's score")
     p.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("score", help="score a CSV or JSONL file with a task's champion or an export folder",
+                       description="Batch scoring with the service's rules: every row comes back scored or with an "
+                                   "error column saying why not; docs/serving.md",
+                       usage="%(prog)s FILE --model TASK|DIR [--out OUT] [--text-column COLUMN] [--batch-size N] "
+                             "[key.path=value ...]")
+    p.add_argument("file", help="a .csv (header with a text column; an id column is kept) or .jsonl file")
+    p.add_argument("--model", required=True, metavar="TASK|DIR",
+                   help="a text task (its registry serve.alias version, as the service uses) or an export folder")
+    p.add_argument("--out", help="output file, same format (default: <input stem>.scored.<ext> beside the input)")
+    p.add_argument("--text-column", default="text", help="the CSV column / JSON field holding the text (default: text)")
+    p.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="texts per model call, split further into session calls of at most serve.max_batch_tokens "
+                        "padded tokens, as in the service (default: 64)")
+    # nargs="+" made optional, not "*": a "*" positional is used up (empty) together with FILE, so overrides after
+    # --model would be unrecognized; this way `selfsup score FILE --model M key=value` works
+    p.add_argument("overrides", nargs="+", default=[], metavar="key.path=value",
+                   help="override a params.yaml value").required = False
+    p.set_defaults(func=cmd_score)
     p = sub.add_parser("serve", help="the inference service: registry champions (or --model folders) over HTTP",
                        description="FastAPI + onnxruntime service with micro-batching and hot reload; docs/serving.md")
     p.add_argument("--host", help="address to listen on (default serve.host: 127.0.0.1)")

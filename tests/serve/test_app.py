@@ -91,6 +91,7 @@ BAD_TEXT_REQUESTS = [
     (b'{"text": "   \\t\\n"}', "application/json", 422, "empty or only whitespace"),
     ('{"text": "\u200b\u200d\ufeff"}'.encode(), "application/json", 422, "only invisible characters"),
     (b'{"text": ["ok", "\\u0000\\u0001"]}', "application/json", 422, "text[1] has only invisible"),
+    (b'{"text": "ab\\ud800cd"}', "application/json", 422, "lone surrogate"),
     (b'{"text": 5}', "application/json", 422, "must be a string or a list of strings"),
     (b'{"text": ["ok", 5]}', "application/json", 422, "text[1] must be a string"),
     (b'{"text": []}', "application/json", 422, "the list is empty"),

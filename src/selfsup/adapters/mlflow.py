@@ -19,7 +19,8 @@ _MAX_PARAM = 6000  # MLflow's limit on a param value (chars)
 def _connect(cfg: TrackingConfig) -> str:
     """Point MLflow at the store (``MLFLOW_TRACKING_URI`` wins) and make sure the experiment exists with an
     artifact location under ``mlflow/`` (a SQLite store would otherwise write ./mlruns)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = from_env or cfg.tracking_uri
     if uri.startswith("sqlite:///"):
         # absolute, because MLflow keeps one store (and its pooled connections) per URI string for the life of the
         # process: a relative path would keep pointing at the first project's database after a change of folder
@@ -27,6 +28,10 @@ def _connect(cfg: TrackingConfig) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{path}"
     mlflow.set_tracking_uri(uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses); left there, it would win over the next
+    # configuration this process connects with, so the variable is put back as the user had it
+    if from_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
@@ -115,31 +120,82 @@ def stage_run(cfg: TrackingConfig, name: str, tags: dict[str, str]) -> Iterator[
         yield tracker
 
 
+TEXT_MODEL_FILES = ("tokenizer.json", "labels.json")  # beside model.onnx, they make an export a text classifier
+
+
+def _requirements(*packages: str) -> list[str]:
+    """Pins of the installed versions: the ones the model was exported and checked with."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in packages]
+
+
 def register_onnx(cfg: TrackingConfig, run_id: str, onnx_path: Path, name: str, metrics: dict[str, float],
                   tags: dict[str, str], extra_files: list[Path], fingerprint: str) -> tuple[int, bool]:
-    """Log the ONNX model to ``run_id`` and register it as a new version of ``name``; returns ``(version, new)``.
+    """Log the exported model to ``run_id`` and register it as a new version of ``name``; returns ``(version, new)``.
+
+    A text classifier (``extra_files`` holds ``tokenizer.json`` and ``labels.json``) is logged as an MLflow pyfunc
+    (``selfsup.serve.pyfunc``: texts in, labels out, for any MLflow client); any other model (the image encoder)
+    with the ONNX flavor, its ``extra_files`` beside it.
 
     ``fingerprint`` (the SHA-256 of the ONNX file) is stored as the version tag ``onnx_sha256``; a model already
     registered under ``name`` with the same fingerprint is not registered again (``new`` is False)."""
-    import onnx
-
     _connect(cfg)
     client = MlflowClient()
     for existing in _search_versions(client, name):
         if existing.tags.get("onnx_sha256") == fingerprint:
             return int(existing.version), False
+    is_text = set(TEXT_MODEL_FILES) <= {Path(p).name for p in extra_files}
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)), name="onnx_model", registered_model_name=name,
-            pip_requirements=["onnxruntime==1.32.0", "onnx==1.23.2"],
-            extra_files=[str(p) for p in extra_files] or None,
-            save_as_external_data=False,  # one self-contained model.onnx, as exported
-        )
-    version = int(info.registered_model_version)
+        log = _log_text_pyfunc if is_text else _log_onnx_flavor
+        version = log(Path(onnx_path), [Path(p) for p in extra_files], name)
     all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **tags, "onnx_sha256": fingerprint}
     for key, value in all_tags.items():
         client.set_model_version_tag(name, str(version), key, str(value))
     return version, True
+
+
+def _log_onnx_flavor(onnx_path: Path, extra_files: list[Path], name: str) -> int:
+    import onnx
+
+    info = mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)), name="onnx_model", registered_model_name=name,
+        pip_requirements=_requirements("onnxruntime", "onnx"),
+        extra_files=[str(p) for p in extra_files] or None,
+        save_as_external_data=False,  # one self-contained model.onnx, as exported
+    )
+    return int(info.registered_model_version)
+
+
+def _log_text_pyfunc(onnx_path: Path, extra_files: list[Path], name: str) -> int:
+    """Log the exported folder as the artifact of a ``selfsup.serve.pyfunc`` "model from code": MLflow runs that
+    code at load time instead of unpickling a class. The selfsup package's source goes with it (``code_paths``),
+    so a client without selfsup installed can load it too.
+
+    No signature (nor input example, from which MLflow would infer one): with the signature of a list of strings,
+    MLflow turns every input into a DataFrame and keeps its first column, so a DataFrame with ``id`` before
+    ``text`` would be answered on its ids; ``selfsup.serve.pyfunc.texts_of`` checks the input itself."""
+    import shutil
+    import tempfile
+
+    from selfsup.serve.pyfunc import MODEL_ARTIFACT, MODEL_CODE
+
+    package = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / MODEL_ARTIFACT
+        folder.mkdir()
+        for path in [onnx_path, *extra_files]:
+            shutil.copy(path, folder / path.name)
+        code = Path(tmp) / "selfsup_text_classifier.py"
+        code.write_text(MODEL_CODE)
+        source = Path(tmp) / "code" / package.name
+        shutil.copytree(package, source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        info = mlflow.pyfunc.log_model(
+            name="text_classifier", python_model=str(code), artifacts={MODEL_ARTIFACT: str(folder)},
+            code_paths=[str(source)], registered_model_name=name,
+            pip_requirements=_requirements("onnxruntime", "tokenizers", "numpy"),
+        )
+    return int(info.registered_model_version)
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -211,28 +267,58 @@ def set_model_tag(cfg: TrackingConfig, name: str, key: str, value: str) -> None:
     MlflowClient().set_registered_model_tag(name, key, value)
 
 
-def download_version(cfg: TrackingConfig, name: str, version: int, dest: Path) -> Path:
-    """Download version ``version`` of ``name`` into ``dest`` as a folder ``selfsup predict`` can load (model.onnx
-    next to tokenizer.json, labels.json and export.json)."""
+def download_version(cfg: TrackingConfig, name: str, version: int, dest: Path,
+                     add_files: dict[str, str] | None = None) -> Path:
+    """Download version ``version`` of ``name`` into ``dest`` as the exported model folder ``selfsup predict`` and
+    ``OnnxClassifier`` load (model.onnx next to tokenizer.json, labels.json and export.json; the image encoder's
+    next to classes.json), whichever way it was registered (see ``_exported_files``).
+
+    The folder is built aside, with ``add_files`` (file name: text) written into it, and swapped in whole: a failed
+    download leaves the previous ``dest`` as it was."""
     import shutil
     import tempfile
 
+    from selfsup.fileio import replace_dir, staging_dir
+
     _connect(cfg)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
-        staged = Path(tmp) / "staged"
-        staged.mkdir()
-        for item in local.iterdir():  # model.onnx (and any external-data file next to it)
-            if item.is_file() and item.name not in ("MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt"):
+    staged = staging_dir(dest)
+    try:
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
+            for item in _exported_files(local, f"{name} v{version}"):
                 shutil.copy(item, staged / item.name)
-        for extra in (local / "extra_files").iterdir():
-            shutil.copy(extra, staged / extra.name)
-        if dest.exists():
-            shutil.rmtree(dest)
-        staged.rename(dest)
+        for file_name, text in (add_files or {}).items():
+            (staged / file_name).write_text(text)
+        replace_dir(staged, dest)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return dest
+
+
+_MLFLOW_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "constraints.txt",
+                 "input_example.json", "serving_input_example.json", "registered_model_meta"}
+
+
+def _exported_files(local: Path, what: str) -> list[Path]:
+    """The exported folder's files in a downloaded MLflow model. A text model registered as a pyfunc keeps them
+    as its artifact ``MODEL_ARTIFACT``; one registered with the ONNX flavor (every text version registered before
+    the pyfunc, and the image encoder) keeps model.onnx (and any external-data file) at the top and the other
+    files under ``extra_files/``."""
+    from selfsup.registry.kinds import RegistryError
+    from selfsup.serve.pyfunc import MODEL_ARTIFACT
+
+    artifacts = mlflow.models.Model.load(str(local)).flavors.get("python_function", {}).get("artifacts") or {}
+    if MODEL_ARTIFACT in artifacts:
+        files = [p for p in (local / artifacts[MODEL_ARTIFACT]["path"]).iterdir() if p.is_file()]
+    else:
+        extra = local / "extra_files"
+        files = [p for p in local.iterdir() if p.is_file() and p.name not in _MLFLOW_FILES]
+        files += [p for p in extra.iterdir() if p.is_file()] if extra.is_dir() else []
+    if "model.onnx" not in {p.name for p in files}:
+        raise RegistryError(f"{what} has no model.onnx (found {sorted(p.name for p in files)}): it was not "
+                            f"registered by `selfsup register`")
+    return sorted(files)
 
 
 def pipeline_run_url(cfg: TrackingConfig, key: str, ui_url: str) -> str | None:

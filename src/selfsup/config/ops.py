@@ -144,7 +144,8 @@ class ServeConfig:
     alias: str = option("champion", help="registry alias whose version is served (and followed when it moves)")
     models_dir: Path = option(Path("serving/models"), help="where versions fetched from the registry are kept")
     poll_seconds: float = option(10.0, help="how often the registry is checked for a moved alias; 0: never", ge=0)
-    max_batch_size: int = option(64, help="most texts (images) one onnxruntime call scores", ge=1, le=4096)
+    max_batch_size: int = option(64, help="most texts (images) gathered into one batch (text batches are then "
+                                 "split by serve.max_batch_tokens)", ge=1, le=4096)
     max_wait_ms: float = option(2.0, help="how long the first request of a batch waits for others to join it "
                                 "(a batch also starts as soon as the previous one finishes)", ge=0, le=1000)
     max_batch_tokens: int = option(1024, help="a gathered text batch is sorted by length and split into session "

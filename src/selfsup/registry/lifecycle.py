@@ -6,7 +6,10 @@ MLflow owns the registry (``selfsup.adapters.mlflow``, imported lazily); this mo
   ``<prefix>-<task>``, and the image encoder (task ``image-encoder``) one of ``vision.export.registered_model``,
   with its test / baseline / parity (and, for images, collapse) metrics as version tags (``metric.<name>``). It
   runs after all exports succeeded and checks every input before registering anything, so a failed pipeline
-  registers nothing; a model already registered (same ONNX SHA-256) is not registered twice.
+  registers nothing; a model already registered (same ONNX SHA-256) is not registered twice. A text model is
+  registered as an MLflow pyfunc (texts in, labels out: ``selfsup.serve.pyfunc``), the image encoder with the ONNX
+  flavor; ``fetch_model`` turns either (and the ONNX-flavor text versions of older registries) back into the
+  exported folder.
 * ``gate_versions`` — the training flow: each version without a verdict is judged by ``selfsup.registry.gate`` (``judge``
   for text, ``judge_image`` for the image encoder); the verdict and its reasons become the version tags ``gate`` /
   ``gate_reason``. Passing versions get the alias ``challenger``; one better than the current champion also gets
@@ -212,7 +215,10 @@ def rollback(cfg: Config, task: str) -> tuple[int, int]:
 
 
 def fetch_model(cfg: Config, task: str, alias: str, dest: Path) -> tuple[int, Path]:
-    """Download the version of ``task``'s model that ``alias`` points at into ``dest``; returns (version, folder)."""
+    """Download the version of ``task``'s model that ``alias`` points at into ``dest``; returns (version, folder).
+
+    ``dest`` becomes the exported model folder (what ``selfsup predict --model`` loads) plus ``version.json``
+    (name, version, alias), swapped in whole; a folder that already holds that version is not downloaded again."""
     from selfsup.adapters import mlflow as registry
 
     check_task(cfg, task)
@@ -222,8 +228,9 @@ def fetch_model(cfg: Config, task: str, alias: str, dest: Path) -> tuple[int, Pa
         raise RegistryError(f"{name} has no version with the alias '{alias}' (run the training flow, or "
                             f"`selfsup registry promote {task} VERSION`)")
     marker = Path(dest) / "version.json"
-    if marker.exists() and json.loads(marker.read_text()).get("version") == version:
+    held = json.loads(marker.read_text()) if marker.exists() else {}
+    if (held.get("name"), held.get("version")) == (name, version):  # the name too: a folder may change task
         return version, Path(dest)
-    folder = registry.download_version(cfg.tracking, name, version, Path(dest))
-    (folder / "version.json").write_text(json.dumps({"name": name, "version": version, "alias": alias}))
+    marker_text = json.dumps({"name": name, "version": version, "alias": alias})
+    folder = registry.download_version(cfg.tracking, name, version, Path(dest), {"version.json": marker_text})
     return version, folder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from selfsup.config import IMAGE_TASK, Config
 from selfsup.serve.batching import ModelSlot
-from selfsup.serve.sources import NothingToServe, RegistryWatcher, Source, load_folder, resolve
+from selfsup.serve.sources import NothingToServe, RegistryWatcher, load_folder, resolve
 
 log = logging.getLogger("selfsup.serve")
 

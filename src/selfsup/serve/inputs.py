@@ -32,6 +32,11 @@ def check_text(text: object, max_chars: int | None = None, where: str = "text") 
         raise TextRejected(f"{where} is empty or only whitespace")
     if not has_visible_character(text):
         raise TextRejected(f"{where} has only invisible characters (e.g. zero-width spaces or control characters)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a JSON "\ud800" escape decodes to a lone surrogate: not valid Unicode
+        raise TextRejected(f"{where} is not valid Unicode: a lone surrogate (\\u{ord(text[err.start]):04x}) at "
+                           f"character {err.start + 1:,}") from None
     if max_chars is not None and len(text) > max_chars:
         raise TextRejected(f"{where} has {len(text):,} characters; the limit is {max_chars:,} (serve.max_chars)")
     return text
