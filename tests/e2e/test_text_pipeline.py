@@ -229,9 +229,53 @@ def test_predict_serves_the_exported_model(repo):
     assert label in json.loads((repo / "models/onnx/intent/labels.json").read_text())
 
 
+def test_serve_answers_after_the_gate_and_says_what_to_run_before(repo):
+    """The newcomer's path: after the pipeline, `selfsup serve` explains that nothing passed the gate yet; after
+    `selfsup registry gate` (what `make serve` runs first) it serves the champion on 127.0.0.1."""
+    import socket
+    import time
+    import urllib.request
+
+    before = _run(repo, "selfsup", "serve", "serve.tasks=[intent]")
+    assert before.returncode == 2 and "selfsup registry gate" in before.stderr, before.stderr[-2000:]
+    # the tiny preset's models are far below the CPU default's gate thresholds: relax them for intent only
+    relaxed = ["gate.tasks.intent.min_accuracy=0", "gate.tasks.intent.min_macro_f1=0",
+               "gate.tasks.intent.max_classical_deficit=null"]
+    gated = _run(repo, "selfsup", "registry", "gate", "--task", "intent", *relaxed)
+    assert gated.returncode == 0 and "champion" in gated.stdout, gated.stdout + gated.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = subprocess.Popen([str(BIN / "selfsup"), "serve", "--port", str(port), "serve.tasks=[intent]"], cwd=repo,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as ready:
+                    if ready.status == 200:
+                        break
+            except OSError:
+                assert time.time() < deadline, "the service never became ready"
+                time.sleep(0.5)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/intent", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"text": "my bag did not arrive in Boston"}).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = json.loads(response.read())
+        assert (body["model"], body["version"]) == ("selfsup-intent", "1")
+        assert body["results"][0]["label"] in json.loads((repo / "models/onnx/intent/labels.json").read_text())
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
 @pytest.mark.parametrize("script, extra", [
     ("benchmarks/text_label_efficiency.py", ["--tasks", "intent"]),
     ("benchmarks/self_training.py", ["--task", "intent"]),
+    ("benchmarks/serve_load.py", []),
 ])
 def test_benchmark_runs_on_the_tiny_setting(repo, tmp_path, script, extra):
     """Each benchmark's --quick run on the pipeline's tiny models: it finishes and ends with its JSON line."""
@@ -241,7 +285,9 @@ def test_benchmark_runs_on_the_tiny_setting(repo, tmp_path, script, extra):
                              *out], cwd=repo, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    if "label_efficiency" in script:
+    if "serve_load" in script:
+        assert summary["errors"] == 0 and summary["rps"] > 0 and summary["rps_unbatched"] > 0
+    elif "label_efficiency" in script:
         assert set(summary["intent"]) == {"0.1", "1"}
         assert {"pretrained", "scratch", "classical", "error_ratio_scratch"} <= set(summary["intent"]["0.1"])
     else:
