@@ -178,7 +178,8 @@ def export_tiny_classifier(tokenizer_dir: Path, out: Path, seed: int, labels: li
     model.save_pretrained(str(model_dir))
     load_tokenizer(tokenizer_dir).save_pretrained(str(model_dir))
     texts = ["my bag is lost", "can I change my flight", "two hours late again", "thanks!"]
-    export_classifier(model_dir, labels, texts, 64, out, opset=18, min_label_agreement=1.0, max_abs_logit_diff=1e-3)
+    export_classifier(model_dir, labels, texts, 64, out, opset=18, min_label_agreement=1.0, max_abs_logit_diff=1e-3,
+                      ort_fusion=True)  # as the export stage does by default
     return out
 
 

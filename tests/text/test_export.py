@@ -41,6 +41,20 @@ def test_onnx_export_matches_pytorch(model_dir, tmp_path):
     assert all(isinstance(dim, str) for dim in shapes["input_ids"]), "batch and sequence axes must be dynamic"
 
 
+@pytest.mark.slow  # a real torch.onnx export and the graph rewrite: ~5 s
+def test_ort_fusion_keeps_parity_and_fuses_attention(model_dir, tmp_path):
+    plain, fused = tmp_path / "plain", tmp_path / "fused"
+    export_classifier(model_dir, LABELS, TEXTS, 64, plain, 18, 1.0, 1e-4)
+    result = export_classifier(model_dir, LABELS, TEXTS, 64, fused, 18, 1.0, 1e-4, ort_fusion=True)
+    assert result.label_agreement == 1.0 and result.max_abs_logit_diff < 1e-4
+    fusions = json.loads((fused / "export.json").read_text())["ort_fusions"]
+    assert fusions.get("attention", 0) >= 1 and fusions.get("skip_layer_normalization", 0) >= 1, fusions
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(fused / "model.onnx")).graph.node}
+    assert "Attention" in ops and "Attention" not in {n.op_type for n in onnx.load(str(plain / "model.onnx")).graph.node}
+
+
 @pytest.mark.slow  # a real torch.onnx export: 4 s idle, 7 s on a busy machine (5 s when run first)
 def test_failed_parity_writes_nothing(model_dir, tmp_path):
     out = tmp_path / "onnx"

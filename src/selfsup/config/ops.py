@@ -146,11 +146,11 @@ class ServeConfig:
     poll_seconds: float = option(10.0, help="how often the registry is checked for a moved alias; 0: never", ge=0)
     max_batch_size: int = option(64, help="most texts (images) gathered into one batch (text batches are then "
                                  "split by serve.max_batch_tokens)", ge=1, le=4096)
-    max_wait_ms: float = option(2.0, help="how long the first request of a batch waits for others to join it "
+    max_wait_ms: float = option(0.0, help="how long the first request of a batch waits for others to join it "
                                 "(a batch also starts as soon as the previous one finishes)", ge=0, le=1000)
     max_batch_tokens: int = option(1024, help="a gathered text batch is sorted by length and split into session "
                                    "calls of at most this many padded tokens (texts x longest)", ge=1)
-    intra_op_threads: int = option(1, help="onnxruntime threads per session (measured: benchmarks/serve_load.py)",
+    intra_op_threads: int = option(2, help="onnxruntime threads per session (measured: benchmarks/serve_load.py)",
                                    ge=1, le=256)
     top_k: int = option(3, help="labels returned per text unless a request asks for another number", ge=1)
     max_chars: int = option(2000, help="longest text accepted, in characters", ge=1)

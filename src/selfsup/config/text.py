@@ -220,3 +220,6 @@ class ExportConfig:
                                         gt=0, le=1)
     max_abs_logit_diff: float = option(1e-3, help="fail if any logit differs by more than this", gt=0)
     registered_model_prefix: str = option("selfsup", help="models register as <prefix>-<task>")
+    ort_fusion: bool = option(True, help="rewrite the graph with onnxruntime's fused kernels (attention, skip layer "
+                              "norm, GELU; onnxscript's ort_fusions) before the parity check: 1.2-1.8x faster on "
+                              "CPU (measured), runnable by onnxruntime only")

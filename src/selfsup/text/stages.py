@@ -225,7 +225,7 @@ def export_stage(cfg: Config, params_file: Path, task: str):
     out_dir = Path(cfg.export.out_dir) / task
     result = export_classifier(Path(task_cfg.out_dir) / task / "pretrained", spec.labels, texts, task_cfg.max_length,
                                out_dir, cfg.export.opset, cfg.export.min_label_agreement,
-                               cfg.export.max_abs_logit_diff)
+                               cfg.export.max_abs_logit_diff, ort_fusion=cfg.export.ort_fusion)
     write_json(Path("artifacts/export") / task / "metrics.json", asdict(result))
     with open_run(cfg, "export", params_file, cfg.export, task=task) as tracker:
         tracker.log_metrics({"onnx_max_abs_logit_diff": result.max_abs_logit_diff,
