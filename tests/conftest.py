@@ -223,3 +223,23 @@ def export_tiny_image_model(out: Path, seed: int) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx_image_model(tmp_path_factory) -> Path:
     return export_tiny_image_model(tmp_path_factory.mktemp("onnx") / "image-encoder", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny randomly initialised masked-LM checkpoint (dropout 0, like the CPU default) with its tokenizer, saved
+    as the pretrain stage saves models/mlm/."""
+    import torch
+
+    from selfsup.config import ModelConfig
+    from selfsup.text.model import masked_lm
+    from selfsup.text.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("mlm")
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    model = masked_lm(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position=64,
+                                  dropout=0.0), len(tokenizer), tokenizer.pad_token_id)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder

@@ -132,6 +132,27 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simcse(args: argparse.Namespace) -> int:
+    from selfsup.text.stages import simcse_stage
+
+    m = simcse_stage(load_config(args.params, args.overrides), Path(args.params))
+    print(f"simcse: {m['steps']} steps on {m['texts']:,} texts in {m['wall_seconds']:.0f} s, final loss "
+          f"{m['final_loss']:.3f}")
+    return 0
+
+
+def cmd_retrieval(args: argparse.Namespace) -> int:
+    from selfsup.text.stages import retrieval_stage
+
+    m = retrieval_stage(load_config(args.params, args.overrides), Path(args.params))
+    print(f"{'method':<10} {'answer acc@1':>12} {'recall@3':>9} {'MRR@10':>7} {'articles P@5':>13}")
+    for name in ("tfidf", "mlm_mean", "simcse"):
+        a = m[name]["answer"]
+        print(f"{name:<10} {a['accuracy_at_1']:>12.3f} {a['recall_at_3']:>9.3f} {a['mrr_at_10']:>7.3f} "
+              f"{m[name]['articles_precision_at_5']:>13.3f}")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from selfsup.text.stages import finetune_stage
 
@@ -548,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("task", help="a task declared under data.tasks (intent, sentiment, topic)")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a params.yaml value")
         p.set_defaults(func=func)
+    add("simcse", cmd_simcse, "unsupervised SimCSE sentence embeddings from the MLM encoder (dropout views)")
+    add("retrieval", cmd_retrieval, "answer retrieval and related articles: TF-IDF, mean-pooled MLM and SimCSE "
+        "side by side; saves the SimCSE indexes")
     add("label-efficiency", cmd_label_efficiency,
         "the three arms (pretrained, scratch, classical) at shares of the training labels, several seeds")
     add("register", cmd_register, "register every exported model as a new MLflow registry version")

@@ -31,6 +31,11 @@ def registry(tiny_tokenizer_dir, tmp_path_factory):
     from selfsup.adapters.mlflow import register_onnx, set_version_tags, stage_run
     from selfsup.registry.lifecycle import _make_champion, sha256_file
 
+    # an earlier test in this process may have left MLFLOW_TRACKING_URI set (mlflow.set_tracking_uri exports it),
+    # and the variable wins over the configuration
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+
     root = tmp_path_factory.mktemp("registry")
     overrides = [f"tracking.tracking_uri=sqlite:///{root / 'mlflow.db'}", f"tracking.artifact_location={root / 'art'}",
                  f"serve.models_dir={root / 'served'}", "serve.tasks=[intent]", "serve.poll_seconds=0.2"]
@@ -44,7 +49,8 @@ def registry(tiny_tokenizer_dir, tmp_path_factory):
                                        fingerprint=sha256_file(folder / "model.onnx"))
         set_version_tags(cfg.tracking, "selfsup-intent", version, {"gate": "passed" if seed < 3 else "failed"})
     _make_champion(cfg, "selfsup-intent", 1, "test")
-    return cfg, overrides, root
+    yield cfg, overrides, root
+    mp.undo()
 
 
 class LiveServer:

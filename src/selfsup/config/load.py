@@ -21,8 +21,8 @@ import yaml
 from selfsup.config.base import ConfigError, _check, check_rules, describe_rules, option
 from selfsup.config.ops import (IMAGE_TASK, GateConfig, MonitorConfig, OrchestrationConfig, RouteConfig,
                                 ServeConfig, TrackingConfig)
-from selfsup.config.text import (DataConfig, ExportConfig, FinetuneConfig, PretrainConfig, TaskData, TokenizerConfig,
-                                 ValidateConfig)
+from selfsup.config.text import (DataConfig, ExportConfig, FinetuneConfig, PretrainConfig, RetrievalConfig, TaskData,
+                                 TokenizerConfig, ValidateConfig)
 from selfsup.config.vision import VisionConfig
 
 
@@ -38,6 +38,8 @@ class Config:
     pretrain: PretrainConfig = option(default_factory=PretrainConfig, help="the pretrain_mlm stage")
     finetune: FinetuneConfig = option(default_factory=FinetuneConfig, help="the finetune@<task> stages")
     export: ExportConfig = option(default_factory=ExportConfig, help="the export@<task> stages")
+    retrieval: RetrievalConfig = option(default_factory=RetrievalConfig,
+                                        help="sentence embeddings (simcse), answer retrieval and related articles")
     tracking: TrackingConfig = option(default_factory=TrackingConfig, help="MLflow tracking and registry")
     vision: VisionConfig = option(default_factory=VisionConfig, help="the image stages")
     gate: GateConfig = option(default_factory=GateConfig, help="quality gate before any registry alias")
@@ -71,6 +73,10 @@ class Config:
         _check(not unknown, "gate.tasks", f"thresholds for undeclared tasks {unknown}; declared: {declared}")
         _check(IMAGE_TASK not in self.data.tasks, f"data.tasks.{IMAGE_TASK}",
                "this task name is reserved for the image encoder in the model registry; rename the text task")
+        for key, value in (("retrieval.max_length", self.retrieval.max_length),
+                           ("retrieval.simcse.max_length", self.retrieval.simcse.max_length)):
+            _check(value <= self.pretrain.model.max_position, key,
+                   f"must be <= pretrain.model.max_position ({self.pretrain.model.max_position})")
 
 
 # --------------------------------------------------------------------------------------------------- loading

@@ -124,6 +124,50 @@ class PretrainConfig:
 
 
 @dataclass
+class SimCSEConfig:
+    """The ``simcse`` stage: unsupervised contrastive sentence embeddings (two dropout views of each text) trained
+    from the MLM encoder on in-domain corpus texts (``selfsup.text.simcse``)."""
+
+    loop: TrainLoopConfig = option(default_factory=TrainLoopConfig, help="device, precision, seed")
+    sources: list[str] = option(default_factory=lambda: ["tweets", "bbc_news"], min_items=1, unique=True,
+                                help="corpus sources whose documents are the training texts")
+    max_texts: int = option(20000, help="at most this many texts (a seeded sample)", ge=2)
+    max_length: int = option(64, help="tokens per text (truncated)", ge=8)
+    batch_size: int = option(64, help="texts per step; the other texts of the batch are the negatives", ge=2)
+    max_steps: int = option(300, help="optimizer steps", ge=1)
+    learning_rate: float = option(1e-4, help="peak learning rate (AdamW), after linear warm-up", gt=0)
+    warmup_steps: int = option(30, help="linear warm-up steps; then linear decay to 0", ge=0)
+    weight_decay: float = option(0.0, help="AdamW weight decay", ge=0)
+    temperature: float = option(0.05, help="softmax temperature of the cosine similarities", gt=0)
+    dropout: float = option(0.1, help="dropout during this stage: the only noise between the two views", gt=0, lt=1)
+    out_dir: Path = option(Path("models/simcse"), help="the sentence encoder (HF format) and its tokenizer")
+    metrics_dir: Path = option(Path("artifacts/simcse"), help="metrics.json and the loss curve for DVC")
+
+    def check(self, path: str) -> None:
+        _check(self.warmup_steps < self.max_steps, f"{path}.warmup_steps", f"must be < max_steps ({self.max_steps})")
+
+
+@dataclass
+class RetrievalConfig:
+    """Answer retrieval and related articles (``selfsup.text.retrieval``): three embedding methods side by side."""
+
+    simcse: SimCSEConfig = option(default_factory=SimCSEConfig, help="the simcse stage")
+    knowledge_base: Path = option(Path("annotations/kb/airline_help.csv"),
+                                  help="id,intent,question,answer: the answers a new message is matched against")
+    kb_text: str = option("question", choices=("question", "question_answer"),
+                          help="what of a knowledge-base entry is embedded (chosen on the validation messages)")
+    messages_task: str = option("intent", help="the task whose messages query the knowledge base (labels = intents)")
+    articles_task: str = option("topic", help="the task whose articles are recommended (labels = topics)")
+    max_length: int = option(128, help="tokens per text (chunk) when embedding", ge=8)
+    chunk_words: int = option(80, help="a longer text is embedded as the mean of chunks of this many words", ge=8)
+    max_chunks: int = option(8, help="at most this many chunks per text (the rest is not read)", ge=1)
+    top_k: int = option(10, help="neighbours kept per query (MRR@k)", ge=5)
+    out_dir: Path = option(Path("models/index"), help="the served indexes (SimCSE embeddings of the knowledge base "
+                           "and the articles)")
+    metrics_dir: Path = option(Path("artifacts/retrieval"), help="metrics.json per method, for DVC and MLflow")
+
+
+@dataclass
 class SelfTrainingConfig:
     """Semi-supervised fine-tuning of the pretrained arm by self-training (``selfsup.text.self_training``): the
     fine-tuned model pseudo-labels unlabeled in-domain texts, and a second fine-tuning trains on labels + confident

@@ -231,3 +231,83 @@ def export_stage(cfg: Config, params_file: Path, task: str):
         tracker.log_metrics({"onnx_max_abs_logit_diff": result.max_abs_logit_diff,
                              "onnx_label_agreement": result.label_agreement})
     return result
+
+
+def simcse_texts(cfg: Config) -> list[str]:
+    """The SimCSE training texts: the configured corpus sources, a seeded sample of at most ``max_texts``."""
+    import random
+
+    from selfsup.text.data import read_corpus
+
+    sc = cfg.retrieval.simcse
+    docs = [text for source, text in read_corpus(cfg.data.corpus) if source in sc.sources]
+    if not docs:
+        raise ConfigError(f"retrieval.simcse.sources: no corpus document comes from {sc.sources}")
+    if len(docs) > sc.max_texts:
+        docs = random.Random(sc.loop.seed).sample(docs, sc.max_texts)
+    return docs
+
+
+def simcse_stage(cfg: Config, params_file: Path) -> dict:
+    """Unsupervised SimCSE from the MLM encoder -> models/simcse/, artifacts/simcse/ (metrics, loss curve)."""
+    from selfsup.text.simcse import train_simcse
+    from selfsup.tracking import open_run
+
+    sc = cfg.retrieval.simcse
+    texts = simcse_texts(cfg)
+    with open_run(cfg, "simcse", params_file, sc) as tracker:
+        result = train_simcse(sc, texts, Path(cfg.pretrain.out_dir), Path(sc.out_dir), tracker)
+        metrics = {k: v for k, v in asdict(result).items() if k != "history"}
+        write_json(Path(sc.metrics_dir) / "metrics.json", metrics)
+        write_csv(Path(sc.metrics_dir) / "loss.csv", ["step", "train_loss"],
+                  [(h["step"], f"{h['loss']:.5f}") for h in result.history])
+        tracker.log_metrics({"final_loss": result.final_loss, "texts_per_second": result.texts_per_second})
+    return metrics
+
+
+def retrieval_stage(cfg: Config, params_file: Path) -> dict:
+    """Answer retrieval and related articles with TF-IDF, mean-pooled MLM and SimCSE embeddings, side by side ->
+    artifacts/retrieval/metrics.json; the SimCSE indexes of the knowledge base and the articles -> models/index/."""
+    from selfsup.text.data import read_labelled
+    from selfsup.text.retrieval import (EncoderEmbedder, TfidfEmbedder, VectorIndex, evaluate_method, kb_texts,
+                                        read_knowledge_base)
+    from selfsup.tracking import open_run
+
+    rc = cfg.retrieval
+    for key in ("messages_task", "articles_task"):  # checked here, so a project without them still loads
+        if getattr(rc, key) not in cfg.data.tasks:
+            raise ConfigError(f"retrieval.{key}: {getattr(rc, key)!r} is not a declared task; declared: "
+                              f"{sorted(cfg.data.tasks)}")
+    messages_spec, articles_spec = cfg.data.tasks[rc.messages_task], cfg.data.tasks[rc.articles_task]
+    kb = read_knowledge_base(rc.knowledge_base, messages_spec.labels)
+    kb_docs = kb_texts(kb, rc.kb_text)
+    messages = {split: read_labelled(Path(messages_spec.dir) / f"{split}.csv") for split in ("validation", "test")}
+    articles = {split: read_labelled(Path(articles_spec.dir) / f"{split}.csv") for split in ("train", "test")}
+    encoders = {name: EncoderEmbedder(name, folder, rc.max_length, rc.chunk_words, rc.max_chunks)
+                for name, folder in (("mlm_mean", Path(cfg.pretrain.out_dir)), ("simcse", Path(rc.simcse.out_dir)))}
+    makers = {"tfidf": TfidfEmbedder, **{name: (lambda docs, e=e: e) for name, e in encoders.items()}}
+    results = {name: evaluate_method(name, make, kb, kb_docs, messages, articles, rc.top_k)
+               for name, make in makers.items()}
+    metrics = {name: {"answer": r.answer, "answer_validation": r.answer_validation,
+                      "articles_precision_at_5": r.articles_precision_at_5} for name, r in results.items()}
+    ours = metrics["simcse"]
+    for rival in ("tfidf", "mlm_mean"):
+        metrics[f"simcse_minus_{rival}"] = {
+            "answer_accuracy_at_1": ours["answer"]["accuracy_at_1"] - metrics[rival]["answer"]["accuracy_at_1"],
+            "articles_precision_at_5": ours["articles_precision_at_5"] - metrics[rival]["articles_precision_at_5"]}
+    metrics["queries"] = {"messages_test": len(messages["test"][0]), "knowledge_base": len(kb),
+                          "articles_test": len(articles["test"][0]), "articles_indexed": len(articles["train"][0])}
+    write_json(Path(rc.metrics_dir) / "metrics.json", metrics)
+
+    simcse = encoders["simcse"]
+    VectorIndex(simcse.embed(kb_docs), [{"id": e["id"], "intent": e["intent"], "question": e["question"],
+                                         "answer": e["answer"]} for e in kb]).save(
+        Path(rc.out_dir) / "knowledge_base", method="simcse", kb_text=rc.kb_text)
+    texts, labels = articles["train"]
+    VectorIndex(simcse.embed(texts), [{"topic": y, "text": t[:300]} for t, y in zip(texts, labels)]).save(
+        Path(rc.out_dir) / "articles", method="simcse")
+    with open_run(cfg, "retrieval", params_file, rc) as tracker:
+        tracker.log_metrics({f"{name}_{key}": value for name, r in results.items()
+                             for key, value in {**{f"answer_{k}": v for k, v in r.answer.items()},
+                                                "articles_precision_at_5": r.articles_precision_at_5}.items()})
+    return metrics
