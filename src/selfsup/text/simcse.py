@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from selfsup.config import SimCSEConfig
@@ -131,10 +132,8 @@ def train_simcse(cfg: SimCSEConfig, texts: list[str], mlm_dir: Path, out_dir: Pa
 
 
 @torch.no_grad()
-def embed_texts(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> "np.ndarray":
+def embed_texts(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
     """L2-normalised mean-pooled embeddings [N, H] (float32, input order), dropout off."""
-    import numpy as np
-
     from selfsup.text.model import collate, encode
 
     encoder.eval()
