@@ -153,6 +153,28 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from selfsup.serve.inputs import TextRejected, check_text
+    from selfsup.text.retrieval import search
+
+    cfg = load_config(args.params, args.overrides)
+    try:
+        query = check_text(args.query, where="the query")
+        (hits,) = search(cfg.retrieval.out_dir, cfg.retrieval.simcse.out_dir, [query], args.what, args.k,
+                         cfg.retrieval.max_length, cfg.retrieval.chunk_words, cfg.retrieval.max_chunks)
+    except (TextRejected, FileNotFoundError) as err:
+        _print_err(str(err))
+        return 2
+    for rank, hit in enumerate(hits, start=1):
+        if args.json:
+            print(json.dumps({"rank": rank, **hit}, ensure_ascii=False))
+        elif args.what == "answers":
+            print(f"{rank}. [{hit['intent']}] {hit['score']:.3f}  {hit['question']}\n   {hit['answer']}")
+        else:
+            print(f"{rank}. [{hit['topic']}] {hit['score']:.3f}  {hit['text'][:160]}")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from selfsup.text.stages import finetune_stage
 
@@ -572,6 +594,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("simcse", cmd_simcse, "unsupervised SimCSE sentence embeddings from the MLM encoder (dropout views)")
     add("retrieval", cmd_retrieval, "answer retrieval and related articles: TF-IDF, mean-pooled MLM and SimCSE "
         "side by side; saves the SimCSE indexes")
+    p = sub.add_parser("search", help="the knowledge-base answers (or related articles) closest to a text, with "
+                       "the SimCSE index of the retrieval stage")
+    p.add_argument("query", help="a customer question, or an article's text with --what articles")
+    p.add_argument("--what", choices=("answers", "articles"), default="answers")
+    p.add_argument("-k", type=int, default=3, help="how many results (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object per result")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override a params.yaml value")
+    p.set_defaults(func=cmd_search)
     add("label-efficiency", cmd_label_efficiency,
         "the three arms (pretrained, scratch, classical) at shares of the training labels, several seeds")
     add("register", cmd_register, "register every exported model as a new MLflow registry version")

@@ -114,3 +114,16 @@ def test_simcse_and_retrieval_stages_end_to_end(tiny_mlm_dir, fixture_data, repo
     kb = VectorIndex.load(tmp_path / "models/index/knowledge_base")
     assert len(kb) == metrics["queries"]["knowledge_base"] and {"id", "intent", "answer"} <= set(kb.rows[0])
     assert len(VectorIndex.load(tmp_path / "models/index/articles")) == metrics["queries"]["articles_indexed"]
+
+    from selfsup.cli import main
+    from selfsup.text.retrieval import search
+
+    (hits,) = search(tmp_path / "models/index", tmp_path / "models/simcse", [kb.rows[3]["question"]], "answers", 3,
+                     64)
+    assert hits[0]["id"] == kb.rows[3]["id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    overrides = [f"retrieval.out_dir={tmp_path / 'models/index'}", f"retrieval.simcse.out_dir={tmp_path / 'models/simcse'}",
+                 "preset=tiny"]
+    assert main(["--params", str(repo_root / "params.yaml"), "search", "my bag is lost", *overrides, "-k", "2",
+                 "--json"]) == 0
+    assert main(["--params", str(repo_root / "params.yaml"), "search", " \u200b ", *overrides]) == 2

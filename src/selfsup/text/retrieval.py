@@ -203,3 +203,22 @@ def evaluate_method(method: str, embedder_for, kb: list[dict], kb_docs: list[str
     indices, _ = article_index.search(article_embedder.embed(test_texts), 5)
     precision = precision_at(test_labels, [[train_labels[j] for j in row] for row in indices], 5)
     return RetrievalResult(method, answer["test"], answer["validation"], precision)
+
+
+INDEXES = {"answers": "knowledge_base", "articles": "articles"}
+
+
+def search(index_dir: Path, encoder_dir: Path, queries: list[str], what: str = "answers", k: int = 3,
+           max_length: int = 128, chunk_words: int = 80, max_chunks: int = 8) -> list[list[dict]]:
+    """The ``k`` nearest knowledge-base entries (``what="answers"``) or training articles (``"articles"``) of each
+    query, best first: each a dict of the entry's fields plus ``score`` (cosine). Uses the saved SimCSE index."""
+    if what not in INDEXES:
+        raise ValueError(f"what must be one of {sorted(INDEXES)}, got {what!r}")
+    folder = Path(index_dir) / INDEXES[what]
+    if not (folder / "vectors.npy").exists():
+        raise FileNotFoundError(f"{folder} has no index: run the retrieval stage first (`dvc repro retrieval`)")
+    index = VectorIndex.load(folder)
+    embedder = EncoderEmbedder("simcse", Path(encoder_dir), max_length, chunk_words, max_chunks)
+    indices, scores = index.search(embedder.embed(queries), k)
+    return [[{**index.rows[j], "score": float(score)} for j, score in zip(row, row_scores)]
+            for row, row_scores in zip(indices, scores)]
