@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import datetime
 import json
 import os
@@ -189,8 +188,9 @@ def ceiling(model: Path, texts: list[str], threads: int, seconds: float) -> floa
 
 
 def read_texts(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [row["text"] for row in csv.DictReader(handle) if row["text"].strip()]
+    from selfsup.text.data import read_labelled
+
+    return [text for text in read_labelled(path)[0] if text.strip()]
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.text.simcse import SimCSELoss, load_encoder, mean_pool
+from selfsup.text.model import mean_pool
+from selfsup.text.simcse import SimCSELoss, load_encoder
 
 
 def _reference(a: np.ndarray, b: np.ndarray, temperature: float) -> float:

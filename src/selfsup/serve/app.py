@@ -28,7 +28,7 @@ from selfsup.config import ServeConfig
 from selfsup.monitoring.routing import needs_human
 from selfsup.serve.batching import BatchStats, Loaded, MicroBatcher, ModelSlot
 from selfsup.serve.inputs import TextRejected, check_text
-from selfsup.serve.runtime import ImageRejected
+from selfsup.serve.runtime import ImageRejected, Ranked
 
 log = logging.getLogger("selfsup.serve")
 
@@ -188,6 +188,12 @@ class Endpoint:
     content_types: tuple[str, ...] = ("application/json",)
 
 
+def ranked_json(scores: Ranked) -> dict:
+    """``label``, ``confidence`` and ``top_k`` of one answer, as every endpoint returns them."""
+    return {"label": scores.label, "confidence": round(scores.confidence, 6),
+            "top_k": [{"label": label, "probability": round(prob, 6)} for label, prob in scores.ranked]}
+
+
 class TextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -231,8 +237,7 @@ def text_endpoint(task: str, routing_task: str | None = None, min_confidence: fl
         results = []
         for p in probs:
             scores = loaded.model.rank(p, top_k)
-            row = {"label": scores.label, "confidence": round(scores.confidence, 6),
-                   "top_k": [{"label": label, "probability": round(prob, 6)} for label, prob in scores.ranked]}
+            row = ranked_json(scores)
             if task == routing_task:
                 row["needs_human"] = needs_human(scores.confidence, min_confidence)
             results.append(row)
@@ -262,11 +267,8 @@ def image_endpoint(task: str) -> Endpoint:
             raise ApiError(422, f"invalid image: {err}") from None
         (answer,), loaded = await service.score(task, [pixels])
         embedding, probs = answer
-        order = probs.argsort()[::-1][: service.settings.top_k]
-        labels = loaded.model.labels
-        return {"model": loaded.name, "version": loaded.version, "label": labels[order[0]],
-                "confidence": round(float(probs[order[0]]), 6),
-                "top_k": [{"label": labels[i], "probability": round(float(probs[i]), 6)} for i in order],
+        return {"model": loaded.name, "version": loaded.version,
+                **ranked_json(loaded.model.rank(probs, service.settings.top_k)),
                 "embedding": [round(float(v), 6) for v in embedding]}
 
     return Endpoint("/v1/image", task, "image: class and embedding of one PNG or JPEG (the request body)", handle,

@@ -35,12 +35,19 @@ def session_options(intra_op_threads: int):
 
 
 @dataclass
-class TextScores:
-    """One text's answer: labels ranked by probability (at most top_k of them)."""
+class Ranked:
+    """One answer: labels ranked by probability (at most top_k of them)."""
 
     label: str
     confidence: float
     ranked: list[tuple[str, float]]
+
+
+def rank_labels(probs: np.ndarray, labels: list[str], top_k: int) -> Ranked:
+    """The ``top_k`` labels of ``probs`` [n_labels], most probable first."""
+    order = np.argsort(-probs)[:top_k]
+    ranked = [(labels[i], float(probs[i])) for i in order]
+    return Ranked(ranked[0][0], ranked[0][1], ranked)
 
 
 class TextModel:
@@ -75,10 +82,8 @@ class TextModel:
             start = end
         return out
 
-    def rank(self, probs: np.ndarray, top_k: int) -> TextScores:
-        order = np.argsort(-probs)[:top_k]
-        ranked = [(self.labels[i], float(probs[i])) for i in order]
-        return TextScores(ranked[0][0], ranked[0][1], ranked)
+    def rank(self, probs: np.ndarray, top_k: int) -> Ranked:
+        return rank_labels(probs, self.labels, top_k)
 
     def self_check(self) -> None:
         probs = self.run(self.prepare(["hello", "my bag did not arrive"]))
@@ -135,6 +140,9 @@ class ImageModel:
         except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt data inside a valid header
             raise ImageRejected(f"the image is damaged and cannot be decoded ({err})") from None
         return pixels[None] if self.channels == 1 else pixels.transpose(2, 0, 1)
+
+    def rank(self, probs: np.ndarray, top_k: int) -> Ranked:
+        return rank_labels(probs, self.labels, top_k)
 
     def run(self, images: list[np.ndarray], on_call=None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(embedding [D], probabilities [classes]) per image, from one session call."""

@@ -35,6 +35,12 @@ def masked_lm(model: ModelConfig, vocab_size: int, pad_token_id: int):
     return BertForMaskedLM(config)
 
 
+def mean_pool(hidden, mask):
+    """Masked mean over positions: ``hidden`` [B, L, H], ``mask`` [B, L] -> [B, H] (padding ignored)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 _classifier_class = None
 
 
@@ -71,8 +77,7 @@ def _mean_pool_classifier_class():
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, H]
+            pooled = mean_pool(hidden, attention_mask)  # [B, H]
             logits = self.classifier(self.dropout(pooled))  # [B, C]
             loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
             return SequenceClassifierOutput(loss=loss, logits=logits)

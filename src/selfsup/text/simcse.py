@@ -22,6 +22,7 @@ import torch
 
 from selfsup.config import SimCSEConfig
 from selfsup.fileio import replace_dir, staging_dir
+from selfsup.text.model import mean_pool
 from selfsup.runtime import autocast, progress_bar, setup
 from selfsup.tracking import NullTracker, Tracker
 
@@ -47,12 +48,6 @@ class SimCSELoss(torch.nn.Module):
         b = torch.nn.functional.normalize(b.float(), dim=-1)
         logits = a @ b.T / self.temperature  # [B, B]
         return torch.nn.functional.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean over positions: ``hidden`` [B, L, H], ``mask`` [B, L] -> [B, H]."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 def load_encoder(folder: Path, dropout: float | None = None):
