@@ -50,6 +50,15 @@ def rank_labels(probs: np.ndarray, labels: list[str], top_k: int) -> Ranked:
     return Ranked(ranked[0][0], ranked[0][1], ranked)
 
 
+@dataclass(frozen=True)
+class Tokenized:
+    """A text and its token ids, with the model whose tokenizer produced them."""
+
+    text: str
+    ids: list[int]
+    by: "TextModel"
+
+
 class TextModel:
     kind = "text"
 
@@ -59,14 +68,21 @@ class TextModel:
         self.labels = self.classifier.labels
         self.max_batch_tokens = max_batch_tokens
 
-    def prepare(self, texts: list[str]) -> list[list[int]]:
-        return self.classifier.encode(texts)
+    def prepare(self, texts: list[str]) -> list[Tokenized]:
+        return [Tokenized(text, ids, self) for text, ids in zip(texts, self.classifier.encode(texts))]
 
-    def run(self, token_ids: list[list[int]], on_call=None) -> list[np.ndarray]:
+    def run(self, items: list[Tokenized], on_call=None) -> list[np.ndarray]:
         """Probabilities [n_labels] per text. Texts are sorted by length and scored in as few session calls as
         keep each call's padded size (texts x longest) within ``max_batch_tokens``: a padded position costs as
         much as a real one, and on a CPU one large ragged batch is slower per text than a few even ones
-        (measured: benchmarks/serve_load.py). ``on_call(n)`` is told the size of every session call."""
+        (measured: benchmarks/serve_load.py). ``on_call(n)`` is told the size of every session call.
+
+        A hot reload can swap the model between a request's tokenization and its batch; texts tokenized by another
+        model (whose tokenizer may differ) are tokenized again here."""
+        token_ids = [item.ids for item in items]
+        stale = [k for k, item in enumerate(items) if item.by is not self]
+        for k, ids in zip(stale, self.classifier.encode([items[k].text for k in stale]) if stale else []):
+            token_ids[k] = ids
         order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         out: list = [None] * len(token_ids)
         start = 0
