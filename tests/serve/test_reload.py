@@ -144,7 +144,8 @@ def test_a_new_champion_that_cannot_load_leaves_the_old_one_answering(registry):
     with LiveServer(cfg) as server:
         assert server.post("hello") == (200, "1")
         broken.mkdir(parents=True, exist_ok=True)
-        (broken / "model.onnx").write_bytes(b"not a model")  # a damaged download
+        (broken / "model.onnx").write_bytes(b"not a model")  # a damaged download, marked as held
+        (broken / "version.json").write_text(json.dumps({"name": "selfsup-intent", "version": 2}))
         set_alias(cfg.tracking, "selfsup-intent", "champion", 2)
         try:
             deadline = time.time() + 20

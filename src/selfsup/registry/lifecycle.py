@@ -227,10 +227,18 @@ def fetch_model(cfg: Config, task: str, alias: str, dest: Path) -> tuple[int, Pa
     if version is None:
         raise RegistryError(f"{name} has no version with the alias '{alias}' (run the training flow, or "
                             f"`selfsup registry promote {task} VERSION`)")
+    return version, fetch_version(cfg, task, version, Path(dest), alias)
+
+
+def fetch_version(cfg: Config, task: str, version: int, dest: Path, alias: str | None = None) -> Path:
+    """Download ``version`` of ``task``'s model into ``dest`` (the exported model folder plus ``version.json``),
+    swapped in whole; a folder that already holds that version is not downloaded again."""
+    from selfsup.adapters import mlflow as registry
+
+    name = model_name(cfg, task)
     marker = Path(dest) / "version.json"
     held = json.loads(marker.read_text()) if marker.exists() else {}
     if (held.get("name"), held.get("version")) == (name, version):  # the name too: a folder may change task
-        return version, Path(dest)
-    marker_text = json.dumps({"name": name, "version": version, "alias": alias})
-    folder = registry.download_version(cfg.tracking, name, version, Path(dest), {"version.json": marker_text})
-    return version, folder
+        return Path(dest)
+    marker_text = json.dumps({"name": name, "version": version, **({"alias": alias} if alias else {})})
+    return registry.download_version(cfg.tracking, name, version, Path(dest), {"version.json": marker_text})

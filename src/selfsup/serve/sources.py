@@ -44,13 +44,10 @@ def load_folder(task: str, folder: Path, intra_op_threads: int = 1, max_batch_to
     return Loaded(load_model(folder, intra_op_threads, max_batch_tokens), task, "local", str(folder.resolve()))
 
 
-def _fetch(cfg: Config, task: str, name: str, version: int) -> Path:
-    from selfsup.adapters.mlflow import download_version
+def _fetch(cfg: Config, task: str, version: int) -> Path:
+    from selfsup.registry.lifecycle import fetch_version
 
-    dest = Path(cfg.serve.models_dir) / task / f"v{version}"
-    if not (dest / "model.onnx").exists():
-        download_version(cfg.tracking, name, version, dest)
-    return dest
+    return fetch_version(cfg, task, version, Path(cfg.serve.models_dir) / task / f"v{version}")
 
 
 def resolve(cfg: Config, task: str) -> tuple[Loaded, Source]:
@@ -74,7 +71,7 @@ def resolve(cfg: Config, task: str) -> tuple[Loaded, Source]:
         log.warning("%s has no '%s' yet: serving v%d, the newest version that passed the gate (it will switch to "
                     "'%s' as soon as the alias is set)", name, alias, chosen["version"], alias)
     version = int(chosen["version"])
-    folder = _fetch(cfg, task, name, version)
+    folder = _fetch(cfg, task, version)
     where = f"models:/{name}@{alias}" if alias in chosen["aliases"] else f"models:/{name}/{version} (no {alias} yet)"
     loaded = Loaded(load_model(folder, cfg.serve.intra_op_threads, cfg.serve.max_batch_tokens), name, str(version),
                     where)
@@ -110,7 +107,7 @@ class RegistryWatcher:
             if version is None or str(version) == current.version or self._failed.get(task) == version:
                 continue
             try:
-                folder = _fetch(self.cfg, task, source.name, version)
+                folder = _fetch(self.cfg, task, version)
                 loaded = Loaded(load_model(folder, self.cfg.serve.intra_op_threads,
                                            self.cfg.serve.max_batch_tokens), source.name, str(version),
                                 f"models:/{source.name}@{source.alias}")
