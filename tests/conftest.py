@@ -118,6 +118,15 @@ def use_preset(repo: Path, name: str) -> None:
                    check=True)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     """Run the real ``selfsup`` entry point of this venv."""
     exe = Path(os.sys.executable).parent / "selfsup"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo, use_preset
+from conftest import copy_repo, free_port, use_preset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TASKS = ("intent", "sentiment", "topic")
@@ -235,7 +235,6 @@ def test_predict_serves_the_exported_model(repo):
 def test_serve_answers_after_the_gate_and_says_what_to_run_before(repo):
     """The newcomer's path: after the pipeline, `selfsup serve` explains that nothing passed the gate yet; after
     `selfsup registry gate` (what `make serve` runs first) it serves the champion on 127.0.0.1."""
-    import socket
     import time
     import urllib.request
 
@@ -246,9 +245,7 @@ def test_serve_answers_after_the_gate_and_says_what_to_run_before(repo):
                "gate.tasks.intent.max_classical_deficit=null"]
     gated = _run(repo, "selfsup", "registry", "gate", "--task", "intent", *relaxed)
     assert gated.returncode == 0 and "champion" in gated.stdout, gated.stdout + gated.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     env.pop("MLFLOW_TRACKING_URI", None)
     server = subprocess.Popen([str(BIN / "selfsup"), "serve", "--port", str(port), "serve.tasks=[intent]"], cwd=repo,

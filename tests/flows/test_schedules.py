@@ -5,7 +5,6 @@ one; `prefect deployment ls` lists them. Nothing is mocked."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_repo
+from conftest import copy_repo, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> list[dict]:
@@ -35,7 +29,7 @@ def _post(url: str, body: dict) -> list[dict]:
 
 def test_serve_starts_a_server_and_runs_scheduled_deployments(tmp_path):
     project = copy_repo(tmp_path / "repo")
-    port = _free_port()
+    port = free_port()
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["orchestration"].update(server_port=port, monitor_interval_minutes=0.1, prefect_home=str(tmp_path / "ph"))
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -95,7 +89,7 @@ def _assert_server_goes_away(api: str, server_log: Path, within: float = 45.0) -
 
 def test_a_killed_serving_process_leaves_no_server_behind(tmp_path, repo_root):
     """SIGKILL runs no cleanup code: the server must still go, because its guard sees the lifeline pipe close."""
-    port = _free_port()
+    port = free_port()
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"

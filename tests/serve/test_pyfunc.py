@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import INTENT_LABELS
+from conftest import INTENT_LABELS, free_port
 from selfsup.serve.inputs import TextRejected
 from selfsup.serve.pyfunc import MODEL_ARTIFACT, TextClassifier, texts_of
 from selfsup.serve.predict import OnnxClassifier
@@ -155,11 +154,6 @@ def test_any_mlflow_client_gets_labels_from_the_champion(registry):
     assert not Path(answers["selfsup"]).resolve().is_relative_to(REPO / "src")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _post(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
@@ -185,7 +179,7 @@ def _wait_until_up(server: subprocess.Popen, url: str, log: Path, timeout: float
 
 @pytest.mark.slow  # a real registry and an MLflow scoring server started from it (~20 s)
 def test_mlflow_models_serve_answers_invocations_with_labels(registry):
-    port, log = _free_port(), registry.root / "serve.log"
+    port, log = free_port(), registry.root / "serve.log"
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` runs the uvicorn of this environment
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry.uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     command = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/1", "--env-manager", "local",

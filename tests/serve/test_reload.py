@@ -2,7 +2,6 @@
 run — a real uvicorn on 127.0.0.1, real onnxruntime, the alias moved by `selfsup registry promote` / `rollback`."""
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -11,18 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import export_tiny_classifier
+from conftest import export_tiny_classifier, free_port
 from selfsup.config import load_config
 from selfsup.serve.sources import NothingToServe, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # registering three versions and a live server: ~20-40 s
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ class LiveServer:
 
         from selfsup.serve.build import build_app
 
-        self.port = _free_port()
+        self.port = free_port()
         self.app = build_app(cfg)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
