@@ -208,8 +208,9 @@ def tiny_onnx_classifier(tiny_tokenizer_dir, tmp_path_factory) -> Path:
 IMAGE_CLASSES = ["a", "b", "c"]
 
 
-def export_tiny_image_model(out: Path, seed: int) -> Path:
-    """A tiny convnet encoder + linear probe exported by the real export_ssl code (images uint8 [B, 1, 28, 28])."""
+def export_tiny_image_model(out: Path, seed: int) -> dict:
+    """A tiny convnet encoder + linear probe exported to ``out`` by the real export_ssl code (images uint8
+    [B, 1, 28, 28]); returns the export's report. A different seed gives a different model."""
     import numpy as np
     import torch
 
@@ -225,13 +226,14 @@ def export_tiny_image_model(out: Path, seed: int) -> Path:
     torch.save({"state_dict": probe.state_dict(), "dim": encoder.out_dim, "classes": IMAGE_CLASSES},
                work / "probe.pt")
     images = np.random.default_rng(seed).integers(0, 256, (8, 1, 28, 28), dtype=np.uint8)
-    export_image_model(work / "encoder.pt", work / "probe.pt", images, out, 18, 1e-3, 0.999)
-    return out
+    return export_image_model(work / "encoder.pt", work / "probe.pt", images, out, 18, 1e-3, 0.999)
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx_image_model(tmp_path_factory) -> Path:
-    return export_tiny_image_model(tmp_path_factory.mktemp("onnx") / "image-encoder", seed=1)
+    out = tmp_path_factory.mktemp("onnx") / "image-encoder"
+    export_tiny_image_model(out, seed=1)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import IMAGE_CLASSES as CLASSES, export_tiny_image_model
 from selfsup.cli import main
 from selfsup.config import IMAGE_TASK, load_config
 from selfsup.registry.lifecycle import (RegistryError, fetch_model, gate_versions, list_versions, promote, register_exports,
@@ -16,22 +16,11 @@ from selfsup.registry.lifecycle import (RegistryError, fetch_model, gate_version
 from selfsup.tracking import open_run
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSES = ["a", "b", "c"]
 
 
 def _export(folder: Path, seed: int) -> dict:
     """A tiny encoder + probe, exported by the real export_ssl code; a different seed gives a different model."""
-    from selfsup.vision.model import LinearProbe
-    from selfsup.vision.model import build_backbone, save_encoder
-    from selfsup.vision.export import export_image_model
-
-    torch.manual_seed(seed)
-    encoder = build_backbone("convnet", 1, 4).eval()
-    save_encoder(encoder, folder / "encoder.pt", "convnet", 4, 1, {"method": "simclr"})
-    probe = LinearProbe(encoder.out_dim, len(CLASSES))
-    torch.save({"state_dict": probe.state_dict(), "dim": encoder.out_dim, "classes": CLASSES}, folder / "probe.pt")
-    images = np.random.default_rng(seed).integers(0, 256, (16, 1, 28, 28), dtype=np.uint8)
-    return export_image_model(folder / "encoder.pt", folder / "probe.pt", images, folder / "onnx", 18, 1e-3, 0.999)
+    return export_tiny_image_model(folder / "onnx", seed)
 
 
 def _write_reports(folder: Path, exported: dict, knn: float, method: str = "simclr") -> None:
