@@ -95,14 +95,14 @@ class _MeteredAndBounded:
     """Pure ASGI middleware (no per-request task like BaseHTTPMiddleware): counts and times every request by
     endpoint and status, and refuses a declared body over the limit before it is read."""
 
-    def __init__(self, app, metrics: ServiceMetrics, max_body_bytes: int, known_paths: Callable[[], set[str]]):
+    def __init__(self, app, metrics: ServiceMetrics, max_body_bytes: int, known_paths: set[str]):
         self.app, self.metrics, self.max_body_bytes, self.known_paths = app, metrics, max_body_bytes, known_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        endpoint = path if path in self.known_paths() else "unknown"  # bounded label values
+        endpoint = path if path in self.known_paths else "unknown"  # bounded label values
         status = 500
         started = time.perf_counter()
 
@@ -382,5 +382,5 @@ def create_app(settings: ServeConfig, slots: dict[str, ModelSlot], endpoints: li
 
     known = {e.path for e in endpoints} | {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
     app.add_middleware(_MeteredAndBounded, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       known_paths=lambda: known)
+                       known_paths=known)
     return app
