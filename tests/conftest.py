@@ -254,3 +254,48 @@ def tiny_mlm_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+TINY_KB = [  # (id, intent, question, answer): a few entries of each kind, enough for known neighbours
+    ("kb-1", "baggage", "my bag did not arrive", "File a missing-bag report at the desk or online."),
+    ("kb-2", "baggage", "how many suitcases can I check", "Two checked bags of 23 kg each."),
+    ("kb-3", "booking", "can I change my flight date", "Change it in Manage booking; a fare difference may apply."),
+    ("kb-4", "booking", "I want a refund for my ticket", "Refundable fares go back to the original payment."),
+    ("kb-5", "delay", "my flight is two hours late", "We will rebook you if you miss a connection."),
+    ("kb-6", "other", "thank you for the great service", "Thank you for flying with us!"),
+]
+TINY_ARTICLES = [("sport", "the team won the cup final after extra time"),
+                 ("sport", "the striker scored twice in the league match"),
+                 ("business", "the bank raised interest rates to curb inflation"),
+                 ("business", "shares fell after the company cut its profit forecast"),
+                 ("tech", "the new phone has a faster chip and a better camera"),
+                 ("tech", "the software update fixes a security flaw in the browser")]
+
+
+def export_tiny_embedder(encoder_dir: Path, out: Path, **thresholds) -> dict:
+    """The tiny encoder in ``encoder_dir`` exported with indexes of ``TINY_KB`` and ``TINY_ARTICLES`` by the real
+    export code (the indexes built the way the retrieval stage builds them); returns the export's report."""
+    from dataclasses import asdict
+
+    from selfsup.text.export_embedder import export_embedder
+    from selfsup.text.retrieval import EncoderEmbedder, VectorIndex
+
+    embedder = EncoderEmbedder("simcse", encoder_dir, 64, chunk_words=8, max_chunks=4)
+    index = out.parent / f"{out.name}.index"
+    VectorIndex(embedder.embed([q for _, _, q, _ in TINY_KB]),
+                [dict(zip(("id", "intent", "question", "answer"), e)) for e in TINY_KB]).save(index / "knowledge_base")
+    VectorIndex(embedder.embed([t for _, t in TINY_ARTICLES]),
+                [{"id": f"a{i}", "topic": y, "text": t} for i, (y, t) in enumerate(TINY_ARTICLES)]).save(
+        index / "articles")
+    limits = {"min_top1_agreement": 1.0, "max_abs_diff": 1e-4, **thresholds}
+    return asdict(export_embedder(encoder_dir, index, out, {"answers": ["where is my bag", "refund please"],
+                                                             "articles": [t for _, t in TINY_ARTICLES[:3]]},
+                                  64, 8, 4, opset=18, ort_fusion=True, **limits))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_embedder(tiny_mlm_dir, tmp_path_factory) -> Path:
+    """The tiny MLM encoder exported as a sentence embedder with the TINY_KB / TINY_ARTICLES indexes (~10 s once)."""
+    out = tmp_path_factory.mktemp("onnx") / "embedder"
+    export_tiny_embedder(tiny_mlm_dir, out)
+    return out

@@ -153,18 +153,32 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_embedder(args: argparse.Namespace) -> int:
+    from selfsup.text.stages import export_embedder_stage
+
+    m = export_embedder_stage(load_config(args.params, args.overrides), Path(args.params))
+    agreement = ", ".join(f"{k} {v:.3f}" for k, v in m["top1_agreement"].items())
+    print(f"exported the embedder to {m['out_dir']} ({m['onnx_bytes'] / 1e6:.1f} MB): max |Δembedding| "
+          f"{m['max_abs_diff']:.1e}, nearest entry agrees with PyTorch on {agreement} of {m['queries']} queries")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from selfsup.serve.inputs import TextRejected, check_text
-    from selfsup.text.retrieval import search
+    from selfsup.serve.runtime import EmbedderModel, ModelLoadError
 
     cfg = load_config(args.params, args.overrides)
+    folder = Path(cfg.retrieval.export.out_dir)
     try:
         query = check_text(args.query, where="the query")
-        (hits,) = search(cfg.retrieval.out_dir, cfg.retrieval.simcse.out_dir, [query], args.what, args.k,
-                         cfg.retrieval.max_length, cfg.retrieval.chunk_words, cfg.retrieval.max_chunks)
-    except (TextRejected, FileNotFoundError) as err:
+        if not (folder / "embedder.json").exists():
+            raise ModelLoadError(f"{folder} holds no exported embedder: run `dvc repro export_embedder` first")
+        model = EmbedderModel(folder)
+        (matches,) = model.run(model.prepare([query], args.what, args.k))
+    except (TextRejected, ModelLoadError) as err:
         _print_err(str(err))
         return 2
+    hits = [{**m.row, "score": round(m.score, 6)} for m in matches]
     for rank, hit in enumerate(hits, start=1):
         if args.json:
             print(json.dumps({"rank": rank, **hit}, ensure_ascii=False))
@@ -594,8 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("simcse", cmd_simcse, "unsupervised SimCSE sentence embeddings from the MLM encoder (dropout views)")
     add("retrieval", cmd_retrieval, "answer retrieval and related articles: TF-IDF, mean-pooled MLM and SimCSE "
         "side by side; saves the SimCSE indexes")
-    p = sub.add_parser("search", help="the knowledge-base answers (or related articles) closest to a text, with "
-                       "the SimCSE index of the retrieval stage")
+    add("export-embedder", cmd_export_embedder, "ONNX export of the SimCSE embedder with the retrieval indexes "
+        "(what /v1/answer and /v1/similar serve), checked against PyTorch")
+    p = sub.add_parser("search", help="the knowledge-base answers (or related articles) closest to a text: the "
+                       "exported embedder and its index, on onnxruntime (what the service answers)")
     p.add_argument("query", help="a customer question, or an article's text with --what articles")
     p.add_argument("--what", choices=("answers", "articles"), default="answers")
     p.add_argument("-k", type=int, default=3, help="how many results (default 3)")
@@ -607,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("register", cmd_register, "register every exported model as a new MLflow registry version")
     registry = sub.add_parser("registry", help="list, gate, promote, roll back and fetch registered models"
                               ).add_subparsers(dest="registry_cmd", required=True)
-    task_help = "a task in data.tasks (intent, sentiment, topic) or image-encoder"
+    task_help = "a task in data.tasks (intent, sentiment, topic), image-encoder or embedder"
     p = add("list", cmd_registry_list, "registered versions with metrics, gate verdict and aliases", registry)
     p.add_argument("--task", help=f"only this task: {task_help} (default: every task)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -217,12 +217,38 @@ def test_register_stage_registers_the_image_encoder_too(repo):
         assert f"metric.{name}" in tags
     assert float(tags["metric.onnx_label_agreement"]) >= 0.999 and "gate" not in tags  # gating: the flow
     registered = json.loads((repo / "artifacts/register/registered.json").read_text())
-    assert {v["task"] for v in registered["versions"]} == {*TASKS, "image-encoder"}
+    assert {v["task"] for v in registered["versions"]} == {*TASKS, "image-encoder", "embedder"}
     import mlflow.onnx
 
     model = mlflow.onnx.load_model("models:/selfsup-image-encoder/1")
     assert [i.name for i in model.graph.input] == ["images"]
     assert [o.name for o in model.graph.output] == ["embedding", "logits"]
+
+
+def test_register_stage_registers_the_embedder_with_its_indexes(repo, tmp_path):
+    """The sentence embedder and its indexes are one registry version with the retrieval metrics; the version
+    downloaded from the registry is what the service loads, and it finds a knowledge-base question's own entry."""
+    from selfsup.config import load_config
+    from selfsup.registry.lifecycle import fetch_version
+    from selfsup.serve.runtime import load_model
+
+    client = _registry(repo)
+    (version,) = client.search_model_versions("name='selfsup-embedder'")
+    tags = version.tags
+    assert tags["modality"] == "text-embedding" and tags["task"] == "embedder" and "gate" not in tags
+    retrieval = json.loads((repo / "artifacts/retrieval/metrics.json").read_text())
+    for key in ("accuracy_at_1", "recall_at_3", "mrr_at_10"):
+        assert float(tags[f"metric.{key}"]) == pytest.approx(retrieval["simcse"]["answer"][key], abs=1e-5)
+        assert float(tags[f"metric.tfidf_{key}"]) == pytest.approx(retrieval["tfidf"]["answer"][key], abs=1e-5)
+    assert float(tags["metric.articles_precision_at_5"]) == pytest.approx(
+        retrieval["simcse"]["articles_precision_at_5"], abs=1e-5)
+    assert float(tags["metric.onnx_top1_agreement"]) >= 0.98
+    cfg = load_config(repo / "params.yaml", [f"tracking.tracking_uri=sqlite:///{repo / 'mlflow/mlflow.db'}"])
+    folder = fetch_version(cfg, "embedder", int(version.version), tmp_path / "embedder")
+    model = load_model(folder)
+    entry = json.loads((repo / "models/onnx/embedder/answers.jsonl").read_text().splitlines()[5])
+    (matches,) = model.run(model.prepare([entry["question"]], "answers", 3))
+    assert matches[0].row["id"] == entry["id"] and matches[0].score == pytest.approx(1.0, abs=1e-3)
 
 
 def test_predict_serves_the_exported_model(repo):

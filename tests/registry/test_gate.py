@@ -148,3 +148,57 @@ def test_image_raw_pixel_check_names_both_numbers():
     assert _judge_image(with_pixels, max_raw_pixel_deficit=0.03).passed
     missing = _judge_image(IMAGE, max_raw_pixel_deficit=0.0)
     assert not missing.passed and "raw_pixels_knn_accuracy" in missing.summary
+
+
+# ------------------------------------------------------------------------------------------------ the embedder
+
+GOOD_EMBEDDER = {"accuracy_at_1": 0.30, "recall_at_3": 0.55, "mrr_at_10": 0.45, "articles_precision_at_5": 0.70,
+                 "tfidf_accuracy_at_1": 0.32, "tfidf_articles_precision_at_5": 0.90, "mlm_mean_accuracy_at_1": 0.25,
+                 "onnx_top1_agreement": 1.0, "onnx_max_abs_diff": 1e-7}
+
+
+def _embedder_gate(**kw):
+    from selfsup.config import EmbedderGate
+
+    return EmbedderGate(**{"min_accuracy_at_1": 0.2, "min_precision_at_5": 0.5, **kw})
+
+
+def test_a_good_first_embedder_passes_and_becomes_champion():
+    from selfsup.config import EmbedderExportConfig
+    from selfsup.registry.gate import judge_embedder
+
+    verdict = judge_embedder(GOOD_EMBEDDER, None, _embedder_gate(), EmbedderExportConfig())
+    assert verdict.passed and verdict.becomes_champion and verdict.score == 0.30
+
+
+@pytest.mark.parametrize("change, gate, phrase", [
+    ({"accuracy_at_1": 0.1}, {}, "answer accuracy@1 0.1000 < gate.embedder.min_accuracy_at_1 0.2000"),
+    ({"articles_precision_at_5": 0.4}, {}, "related-article precision@5 0.4000 < gate.embedder.min_precision_at_5"),
+    ({}, {"min_mlm_gain": 0.1}, "gain over mean-pooled MLM embeddings in answer accuracy@1 is +0.0500, not > "
+                                "gate.embedder.min_mlm_gain +0.1000 (SimCSE 0.3000 vs MLM 0.2500)"),
+    ({}, {"max_baseline_deficit": 0.1}, "related-article precision@5 0.7000 is below TF-IDF cosine (the classical "
+                                        "baseline) 0.9000 by 0.2000, more than gate.embedder.max_baseline_deficit"),
+    ({"onnx_top1_agreement": 0.9}, {}, "ONNX nearest-entry agreement 90.0000% < retrieval.export.min_top1_agreement"),
+    ({"onnx_max_abs_diff": 0.1}, {}, "ONNX max |Δembedding| 1.00e-01 > retrieval.export.max_abs_diff"),
+])
+def test_each_embedder_rule_fails_with_value_threshold_and_key(change, gate, phrase):
+    from selfsup.config import EmbedderExportConfig
+    from selfsup.registry.gate import judge_embedder
+
+    verdict = judge_embedder({**GOOD_EMBEDDER, **change}, None, _embedder_gate(**gate), EmbedderExportConfig())
+    assert not verdict.passed and any(phrase in r for r in verdict.reasons), verdict.reasons
+
+
+def test_embedder_baseline_check_passes_within_the_deficit_and_champions_compare_on_the_metric():
+    from selfsup.config import EmbedderExportConfig
+    from selfsup.registry.gate import judge_embedder
+
+    within = judge_embedder(GOOD_EMBEDDER, None, _embedder_gate(max_baseline_deficit=0.25), EmbedderExportConfig())
+    assert within.passed
+    champion = {**GOOD_EMBEDDER, "articles_precision_at_5": 0.80}
+    worse = judge_embedder(GOOD_EMBEDDER, champion, _embedder_gate(metric="articles_precision_at_5"),
+                           EmbedderExportConfig())
+    assert not worse.passed and "worse than the champion's 0.8000" in worse.summary
+    missing = judge_embedder({k: v for k, v in GOOD_EMBEDDER.items() if not k.startswith("tfidf")}, None,
+                             _embedder_gate(max_baseline_deficit=0.1), EmbedderExportConfig())
+    assert not missing.passed and "tfidf_accuracy_at_1" in missing.summary

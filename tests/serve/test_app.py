@@ -171,7 +171,8 @@ def test_routing_threshold_comes_from_route_min_confidence(folders):
             assert c.post("/v1/intent", json={"text": "hello"}).json()["results"][0]["needs_human"] is expected
 
 
-def test_the_serving_path_never_imports_torch(folders):
+def test_the_serving_path_never_imports_torch(folders, tiny_onnx_embedder):
+    folders = {**folders, "embedder": tiny_onnx_embedder}
     code = (
         "import sys, json\n"
         "from pathlib import Path\n"
@@ -184,6 +185,8 @@ def test_the_serving_path_never_imports_torch(folders):
         "    assert c.post('/v1/intent', json={'text': 'my bag'}).status_code == 200\n"
         "    assert c.post('/v1/image', content=open(sys.argv[1], 'rb').read(),\n"
         "                  headers={'Content-Type': 'image/png'}).status_code == 200\n"
+        "    assert c.post('/v1/answer', json={'text': 'my bag'}).status_code == 200\n"
+        "    assert c.post('/v1/similar', json={'text': 'the cup final'}).status_code == 200\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'torchvision') if m in sys.modules)\n"
         "assert not heavy, f'the serving path imported {heavy}'\n"
     )

@@ -88,10 +88,12 @@ def test_a_broken_knowledge_base_names_file_line_and_rule(tmp_path, text, words)
         read_knowledge_base(_kb(tmp_path, text), INTENTS)
 
 
-@pytest.mark.slow  # two tiny encoders trained and evaluated on the committed fixture data: ~10 s
-def test_simcse_and_retrieval_stages_end_to_end(tiny_mlm_dir, fixture_data, repo_root, tmp_path, monkeypatch):
-    """The two stages as `dvc repro` runs them, on the committed data slice: SimCSE from a tiny MLM checkpoint,
-    then all three methods scored and the SimCSE indexes saved."""
+@pytest.mark.slow  # two tiny encoders trained, evaluated and exported on the committed fixture data: ~40 s
+def test_simcse_retrieval_and_export_stages_end_to_end(tiny_mlm_dir, fixture_data, repo_root, tmp_path, monkeypatch,
+                                                       capsys):
+    """The three stages as `dvc repro` runs them, on the committed data slice: SimCSE from a tiny MLM checkpoint,
+    all three methods scored and the SimCSE indexes saved, the embedder exported with them; then `selfsup search`
+    on the export."""
     import json
 
     from selfsup.config import load_config
@@ -116,14 +118,22 @@ def test_simcse_and_retrieval_stages_end_to_end(tiny_mlm_dir, fixture_data, repo
     assert len(VectorIndex.load(tmp_path / "models/index/articles")) == metrics["queries"]["articles_indexed"]
 
     from selfsup.cli import main
-    from selfsup.text.retrieval import search
+    from selfsup.text.stages import export_embedder_stage
 
-    (hits,) = search(tmp_path / "models/index", tmp_path / "models/simcse", [kb.rows[3]["question"]], "answers", 3,
-                     64)
-    assert hits[0]["id"] == kb.rows[3]["id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    overrides = [f"retrieval.out_dir={tmp_path / 'models/index'}", f"retrieval.simcse.out_dir={tmp_path / 'models/simcse'}",
-                 "preset=tiny"]
-    assert main(["--params", str(repo_root / "params.yaml"), "search", "my bag is lost", *overrides, "-k", "2",
+    exported = export_embedder_stage(cfg, repo_root / "params.yaml")
+    assert exported["top1_agreement"]["answers"] >= 0.98 and exported["max_abs_diff"] < 1e-3
+    assert json.loads((tmp_path / "artifacts/export_embedder/metrics.json").read_text()) == exported
+    assert (tmp_path / "models/onnx/embedder/answers.jsonl").read_text().count("\n") == len(kb)
+
+    overrides = [f"retrieval.export.out_dir={tmp_path / 'models/onnx/embedder'}", "preset=tiny"]
+    assert main(["--params", str(repo_root / "params.yaml"), "search", kb.rows[3]["question"], *overrides, "-k", "2",
                  "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 2 and hits[0]["id"] == kb.rows[3]["id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["score"] >= hits[1]["score"]
+    assert main(["--params", str(repo_root / "params.yaml"), "search", "the cup final", *overrides, "--what",
+                 "articles"]) == 0
     assert main(["--params", str(repo_root / "params.yaml"), "search", " \u200b ", *overrides]) == 2
+    missing = ["retrieval.export.out_dir=" + str(tmp_path / "nothing"), "preset=tiny"]
+    assert main(["--params", str(repo_root / "params.yaml"), "search", "hello", *missing]) == 2
+    assert "dvc repro export_embedder" in capsys.readouterr().err

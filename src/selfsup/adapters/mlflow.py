@@ -138,7 +138,8 @@ def register_onnx(cfg: TrackingConfig, run_id: str, onnx_path: Path, name: str, 
     (``selfsup.serve.pyfunc``: texts in, labels out, for any MLflow client); any other model (the image encoder)
     with the ONNX flavor, its ``extra_files`` beside it.
 
-    ``fingerprint`` (the SHA-256 of the ONNX file) is stored as the version tag ``onnx_sha256``; a model already
+    ``fingerprint`` (the SHA-256 of the ONNX file; for the embedder, of the ONNX file and its indexes together) is
+    stored as the version tag ``onnx_sha256``; a model already
     registered under ``name`` with the same fingerprint is not registered again (``new`` is False)."""
     _connect(cfg)
     client = MlflowClient()

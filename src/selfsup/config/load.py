@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from selfsup.config.base import ConfigError, _check, check_rules, describe_rules, option
-from selfsup.config.ops import (IMAGE_TASK, GateConfig, MonitorConfig, OrchestrationConfig, RouteConfig,
+from selfsup.config.ops import (EMBEDDER_TASK, IMAGE_TASK, GateConfig, MonitorConfig, OrchestrationConfig, RouteConfig,
                                 ServeConfig, TrackingConfig)
 from selfsup.config.text import (DataConfig, ExportConfig, FinetuneConfig, PretrainConfig, RetrievalConfig, TaskData,
                                  TokenizerConfig, ValidateConfig)
@@ -71,8 +71,9 @@ class Config:
                    f"must be <= pretrain.model.max_position ({self.pretrain.model.max_position})")
         unknown = sorted(set(self.gate.tasks) - set(self.data.tasks))
         _check(not unknown, "gate.tasks", f"thresholds for undeclared tasks {unknown}; declared: {declared}")
-        _check(IMAGE_TASK not in self.data.tasks, f"data.tasks.{IMAGE_TASK}",
-               "this task name is reserved for the image encoder in the model registry; rename the text task")
+        for reserved, what in ((IMAGE_TASK, "the image encoder"), (EMBEDDER_TASK, "the sentence embedder")):
+            _check(reserved not in self.data.tasks, f"data.tasks.{reserved}",
+                   f"this task name is reserved for {what} in the model registry; rename the text task")
         for key, value in (("retrieval.max_length", self.retrieval.max_length),
                            ("retrieval.simcse.max_length", self.retrieval.simcse.max_length)):
             _check(value <= self.pretrain.model.max_position, key,

@@ -33,6 +33,8 @@ class TaskGate:
 
 
 IMAGE_TASK = "image-encoder"  # the image encoder among the registry's tasks: `selfsup registry ... image-encoder`
+EMBEDDER_TASK = "embedder"  # the sentence embedder + its indexes among the registry's tasks
+EMBEDDER_GATE_METRICS = ("accuracy_at_1", "mrr_at_10", "articles_precision_at_5")
 IMAGE_GATE_METRICS = ("knn_accuracy", "probe_accuracy")
 
 
@@ -62,6 +64,28 @@ class ImageGate:
 
 
 @dataclass
+class EmbedderGate:
+    """The gate for the sentence embedder (``retrieval.export.registered_model``), on the retrieval stage's test
+    metrics of the SimCSE embeddings. ONNX parity uses ``retrieval.export.min_top1_agreement`` / ``max_abs_diff``."""
+
+    metric: str = option("accuracy_at_1", choices=EMBEDDER_GATE_METRICS,
+                         help="test metric embedder champions are compared on (answer retrieval accuracy@1, its "
+                              "MRR@10, or related-article precision@5)")
+    min_accuracy_at_1: float = option(0.0, ge=0, le=1, help="answer retrieval: a version whose top-1 knowledge-base "
+                                                            "entry has the message's intent less often fails")
+    min_precision_at_5: float = option(0.0, ge=0, le=1, help="related articles: a version with a lower precision@5 "
+                                                             "fails")
+    min_mlm_gain: float | None = option(
+        None, help="SimCSE minus the mean-pooled MLM embeddings on accuracy@1 must exceed this (null: not required)")
+    max_baseline_deficit: float | None = option(
+        None, ge=0, le=1, help="accuracy@1 and precision@5 may each be at most this much below TF-IDF cosine (the "
+                               "classical baseline, same index and queries); 0: must match or beat it; null: not "
+                               "checked")
+    champion_tolerance: float = option(0.02, ge=0, help="a new embedder may be at most this much worse than the "
+                                                        "current champion (on `metric`)")
+
+
+@dataclass
 class GateConfig:
     """The quality gate the training flow applies to each newly registered version before it may get an alias.
 
@@ -75,6 +99,7 @@ class GateConfig:
         0.0, help="the pretrained model must beat the from-scratch baseline by more than this (null: not required)")
     tasks: dict[str, TaskGate] = option(default_factory=dict, help="minimum quality per task (missing task: no minimum)")
     image: ImageGate = option(default_factory=ImageGate, help="the gate for the image encoder")
+    embedder: EmbedderGate = option(default_factory=EmbedderGate, help="the gate for the sentence embedder")
 
 
 @dataclass
@@ -140,7 +165,8 @@ class ServeConfig:
     host: str = option("127.0.0.1", help="address to listen on; 0.0.0.0 exposes the service to the network")
     port: int = option(8000, help="port to listen on", ge=1, le=65535)
     tasks: list[str] = option(default_factory=list, help="registered tasks to serve (intent, sentiment, topic, "
-                              "image-encoder); empty: every declared text task and the image encoder")
+                              "image-encoder, embedder); empty: every declared text task, the image encoder and the "
+                              "sentence embedder")
     alias: str = option("champion", help="registry alias whose version is served (and followed when it moves)")
     models_dir: Path = option(Path("serving/models"), help="where versions fetched from the registry are kept")
     poll_seconds: float = option(10.0, help="how often the registry is checked for a moved alias; 0: never", ge=0)

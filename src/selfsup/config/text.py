@@ -99,6 +99,9 @@ class PretrainConfig:
     loop: TrainLoopConfig = option(default_factory=TrainLoopConfig, help="device, precision, seed")
     seq_len: int = option(128, help="tokens per packed training sequence ([CLS] and [SEP] included)", ge=8)
     batch_size: int = option(32, help="sequences per optimizer step", ge=1)
+    accumulation_steps: int = option(1, ge=1, help="micro-batches per optimizer step (gradients summed, the same "
+                                     "batch in less memory); under torchrun each process takes batch_size / "
+                                     "processes, so batch_size must divide by processes x accumulation_steps")
     max_steps: int = option(1000, help="optimizer steps", ge=1)
     learning_rate: float = option(1e-3, help="peak learning rate (AdamW), after linear warm-up", gt=0)
     warmup_steps: int = option(100, help="linear warm-up steps; then linear decay to 0 at max_steps", ge=0)
@@ -121,6 +124,8 @@ class PretrainConfig:
         _check(self.seq_len <= self.model.max_position, f"{path}.seq_len",
                f"must be <= model.max_position ({self.model.max_position})")
         _check(self.warmup_steps < self.max_steps, f"{path}.warmup_steps", f"must be < max_steps ({self.max_steps})")
+        _check(self.batch_size % self.accumulation_steps == 0, f"{path}.accumulation_steps",
+               f"must divide batch_size ({self.batch_size})")
 
 
 @dataclass
@@ -147,6 +152,28 @@ class SimCSEConfig:
         _check(self.warmup_steps < self.max_steps, f"{path}.warmup_steps", f"must be < max_steps ({self.max_steps})")
 
 
+# the indexes the exported embedder carries: served name -> folder the retrieval stage writes under retrieval.out_dir
+EMBEDDER_INDEXES = {"answers": "knowledge_base", "articles": "articles"}
+
+
+@dataclass
+class EmbedderExportConfig:
+    """The served embedder (``export_embedder`` stage): the SimCSE encoder as ONNX beside its tokenizer and both
+    indexes, checked against PyTorch. The ONNX opset and graph fusion are ``export.opset`` / ``export.ort_fusion``."""
+
+    out_dir: Path = option(Path("models/onnx/embedder"), help="model.onnx, tokenizer.json, embedder.json and the "
+                           "answers / articles indexes: what the service's /v1/answer and /v1/similar load")
+    metrics_dir: Path = option(Path("artifacts/export_embedder"), help="the parity report (metrics.json)")
+    registered_model: str = option("selfsup-embedder", help="registry name of the exported embedder and its indexes")
+    min_top1_agreement: float = option(
+        0.98, gt=0, le=1, help="share of test queries whose nearest index entry is the same with onnxruntime as with "
+                               "PyTorch; below it the export fails and nothing is written")
+    max_abs_diff: float = option(1e-3, gt=0, help="largest |difference| of an embedding component (unit vectors) "
+                                                  "between onnxruntime and PyTorch; above it the export fails")
+    parity_articles: int = option(100, ge=1, help="test articles embedded both ways for the parity check (besides "
+                                                  "every test message)")
+
+
 @dataclass
 class RetrievalConfig:
     """Answer retrieval and related articles (``selfsup.text.retrieval``): three embedding methods side by side."""
@@ -165,6 +192,8 @@ class RetrievalConfig:
     out_dir: Path = option(Path("models/index"), help="the served indexes (SimCSE embeddings of the knowledge base "
                            "and the articles)")
     metrics_dir: Path = option(Path("artifacts/retrieval"), help="metrics.json per method, for DVC and MLflow")
+    export: EmbedderExportConfig = option(default_factory=EmbedderExportConfig,
+                                          help="the served embedder: ONNX encoder + indexes (export_embedder stage)")
 
 
 @dataclass
@@ -267,3 +296,16 @@ class ExportConfig:
     ort_fusion: bool = option(True, help="rewrite the graph with onnxruntime's fused kernels (attention, skip layer "
                               "norm, GELU; onnxscript's ort_fusions) before the parity check: 1.2-1.8x faster on "
                               "CPU (measured), runnable by onnxruntime only")
+    serve_precision: str = option(
+        "auto", choices=("fp32", "int8", "auto"),
+        help="what the export folder's model.onnx (the served, registered file) is: fp32; int8 (dynamic INT8 "
+             "quantization; the export fails when it fails its int8_* check); auto (INT8 when it passes that check, "
+             "FP32 otherwise). The other precision is kept beside it (model.int8.onnx / model.fp32.onnx) and "
+             "export.json reports both; measured in benchmarks/RESULTS.md (benchmarks/inference.py)")
+    int8_min_label_agreement: float = option(0.99, gt=0, le=1, help="INT8 may be served only if it predicts the "
+                                             "same label as PyTorch on at least this share of the test split")
+    int8_max_abs_logit_diff: float = option(1.0, gt=0, help="INT8 may be served only if no test logit differs from "
+                                            "PyTorch's by more than this: a guard against a broken graph (int8 "
+                                            "rounding moves logits by about 0.1)")
+    int8_max_accuracy_drop: float = option(0.005, ge=0, le=1, help="INT8 may be served only if its test accuracy "
+                                           "is at most this much below the FP32 graph's (0.005 = half a point)")

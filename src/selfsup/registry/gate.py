@@ -28,18 +28,30 @@ The image encoder has its own checks (``judge_image``, thresholds in ``gate.imag
   still caught)
 * ONNX parity — ``vision.export.min_label_agreement`` / ``max_abs_diff``
 * champion tolerance — on ``gate.image.metric``, within ``gate.image.champion_tolerance``
+
+The sentence embedder (``judge_embedder``, thresholds in ``gate.embedder``), on the retrieval stage's test metrics:
+
+* ``min_accuracy_at_1`` / ``min_precision_at_5`` — answer retrieval accuracy@1 and related-article precision@5
+* gain over mean-pooled MLM embeddings — accuracy@1 minus theirs > ``gate.embedder.min_mlm_gain`` (only where set)
+* classical baseline — accuracy@1 and precision@5 each not below TF-IDF cosine's by more than
+  ``gate.embedder.max_baseline_deficit`` (only where set)
+* ONNX parity — ``retrieval.export.min_top1_agreement`` / ``max_abs_diff``
+* champion tolerance — on ``gate.embedder.metric``, within ``gate.embedder.champion_tolerance``
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from selfsup.config import ExportConfig, GateConfig, ImageGate, SSLExportConfig, SSLPretrainConfig
+from selfsup.config import (EmbedderExportConfig, EmbedderGate, ExportConfig, GateConfig, ImageGate, SSLExportConfig,
+                            SSLPretrainConfig)
 
 # The metrics a registered version carries (tags ``metric.<name>``, written by ``selfsup register``).
 REQUIRED_METRICS = ("test_accuracy", "test_macro_f1", "scratch_test_accuracy", "scratch_test_macro_f1",
                     "onnx_label_agreement", "onnx_max_abs_logit_diff")
 CLASSICAL_METRICS = ("classical_test_accuracy", "classical_test_macro_f1")  # required where the check is set
+REQUIRED_EMBEDDER_METRICS = ("accuracy_at_1", "mrr_at_10", "articles_precision_at_5", "onnx_top1_agreement",
+                             "onnx_max_abs_diff")
 REQUIRED_IMAGE_METRICS = ("knn_accuracy", "probe_accuracy", "random_init_knn_accuracy", "embedding_std",
                           "effective_rank", "onnx_label_agreement", "onnx_max_abs_diff")
 
@@ -157,3 +169,44 @@ def judge_image(metrics: dict[str, float], champion: dict[str, float] | None, ga
     label = {"knn_accuracy": "kNN accuracy", "probe_accuracy": "linear-probe accuracy"}[gate.metric]
     return _against_champion(reasons, metrics[gate.metric], champion, gate.metric, label, gate.champion_tolerance,
                              "gate.image.champion_tolerance")
+
+
+EMBEDDER_LABELS = {"accuracy_at_1": "answer accuracy@1", "mrr_at_10": "answer MRR@10",
+                   "articles_precision_at_5": "related-article precision@5"}
+
+
+def judge_embedder(metrics: dict[str, float], champion: dict[str, float] | None, gate: EmbedderGate,
+                   export: EmbedderExportConfig) -> Verdict:
+    """The verdict for one sentence-embedder version. ``champion`` is the current champion's metrics (None: none)."""
+    compared = ("accuracy_at_1", "articles_precision_at_5")
+    required = (REQUIRED_EMBEDDER_METRICS + (("mlm_mean_accuracy_at_1",) if gate.min_mlm_gain is not None else ())
+                + (tuple(f"tfidf_{k}" for k in compared) if gate.max_baseline_deficit is not None else ()))
+    missing = _missing(metrics, required)
+    if missing:
+        return missing
+    reasons = []
+    for key, minimum, setting in (("accuracy_at_1", gate.min_accuracy_at_1, "min_accuracy_at_1"),
+                                  ("articles_precision_at_5", gate.min_precision_at_5, "min_precision_at_5")):
+        if metrics[key] < minimum:
+            reasons.append(f"{EMBEDDER_LABELS[key]} {metrics[key]:.4f} < gate.embedder.{setting} {minimum:.4f}")
+    if gate.min_mlm_gain is not None:
+        gain = metrics["accuracy_at_1"] - metrics["mlm_mean_accuracy_at_1"]
+        if gain <= gate.min_mlm_gain:
+            reasons.append(f"gain over mean-pooled MLM embeddings in answer accuracy@1 is {gain:+.4f}, not > "
+                           f"gate.embedder.min_mlm_gain {gate.min_mlm_gain:+.4f} (SimCSE {metrics['accuracy_at_1']:.4f}"
+                           f" vs MLM {metrics['mlm_mean_accuracy_at_1']:.4f})")
+    if gate.max_baseline_deficit is not None:
+        for key in compared:
+            ours, baseline = metrics[key], metrics[f"tfidf_{key}"]
+            if ours < baseline - gate.max_baseline_deficit:
+                reasons.append(f"{EMBEDDER_LABELS[key]} {ours:.4f} is below TF-IDF cosine (the classical baseline) "
+                               f"{baseline:.4f} by {baseline - ours:.4f}, more than gate.embedder.max_baseline_deficit "
+                               f"{gate.max_baseline_deficit:.4f}")
+    if metrics["onnx_top1_agreement"] < export.min_top1_agreement:
+        reasons.append(f"ONNX nearest-entry agreement {metrics['onnx_top1_agreement']:.4%} < "
+                       f"retrieval.export.min_top1_agreement {export.min_top1_agreement:.4%}")
+    if metrics["onnx_max_abs_diff"] > export.max_abs_diff:
+        reasons.append(f"ONNX max |Δembedding| {metrics['onnx_max_abs_diff']:.2e} > retrieval.export.max_abs_diff "
+                       f"{export.max_abs_diff:.0e}")
+    return _against_champion(reasons, metrics[gate.metric], champion, gate.metric, EMBEDDER_LABELS[gate.metric],
+                             gate.champion_tolerance, "gate.embedder.champion_tolerance")

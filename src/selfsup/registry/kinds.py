@@ -4,6 +4,7 @@ sentence embedder) is one more ``ModelKind`` here, not another ``if task == ...`
 
     text   one per declared task (data.tasks): <export.registered_model_prefix>-<task>
     image  the image encoder + probe, registry task ``image-encoder``: vision.export.registered_model
+    embedder  the sentence embedder + its indexes, registry task ``embedder``: retrieval.export.registered_model
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from selfsup.config import IMAGE_TASK, Config
-from selfsup.registry.gate import Verdict, judge, judge_image
+from selfsup.config import EMBEDDER_INDEXES, EMBEDDER_TASK, IMAGE_TASK, Config
+from selfsup.registry.gate import Verdict, judge, judge_embedder, judge_image
 
 
 class RegistryError(RuntimeError):
@@ -27,6 +28,9 @@ class ExportFiles:
     folder: Path  # model.onnx and the files registered with it
     extra_files: list[str]
     reports: dict[str, Path]  # stage reports (metrics.json) by role: the kind's ``metrics`` arguments
+    # the files whose content identifies the version (a model already registered with the same content is not
+    # registered again); the embedder's indexes count, so a new knowledge base is a new version
+    identity: tuple[str, ...] = ("model.onnx",)
 
     @property
     def inputs(self) -> list[Path]:
@@ -135,22 +139,64 @@ IMAGE = ModelKind(
 )
 
 
+# --------------------------------------------------------------------------------------------------- embedder
+
+
+def embedder_metrics(retrieval: dict, export: dict) -> dict[str, float]:
+    """The metrics an embedder version carries, from the ``retrieval`` and ``export_embedder`` reports: the SimCSE
+    embeddings' test answer retrieval (accuracy@1, recall@3, MRR@10) and related-article precision@5, the same for
+    TF-IDF cosine and mean-pooled MLM embeddings (``tfidf_`` / ``mlm_mean_``), and ONNX parity (the worst index's
+    nearest-entry agreement)."""
+    def scores(method: str) -> dict[str, float]:
+        return {**{k: float(v) for k, v in retrieval[method]["answer"].items()},
+                "articles_precision_at_5": float(retrieval[method]["articles_precision_at_5"])}
+
+    return {**scores("simcse"), **{f"{rival}_{k}": v for rival in ("tfidf", "mlm_mean")
+                                   for k, v in scores(rival).items()},
+            "onnx_top1_agreement": float(min(export["top1_agreement"].values())),
+            "onnx_max_abs_diff": float(export["max_abs_diff"])}
+
+
+def _embedder_export(cfg: Config, task: str, artifacts: Path) -> ExportFiles:
+    index_files = [f"{name}.{ext}" for name in EMBEDDER_INDEXES for ext in ("npy", "jsonl")]
+    return ExportFiles(Path(cfg.retrieval.export.out_dir), ["tokenizer.json", "embedder.json", *index_files],
+                       {"retrieval": Path(cfg.retrieval.metrics_dir) / "metrics.json",
+                        "export": Path(cfg.retrieval.export.metrics_dir) / "metrics.json"},
+                       identity=("model.onnx", "tokenizer.json", *index_files))
+
+
+EMBEDDER = ModelKind(
+    modality="text-embedding",
+    model_name=lambda cfg, task: cfg.retrieval.export.registered_model,
+    export_files=_embedder_export,
+    metrics=embedder_metrics,
+    tags=lambda reports, files: {"modality": "text-embedding", "method": "simcse"},
+    judge=lambda cfg, task, metrics, champion: judge_embedder(metrics, champion, cfg.gate.embedder,
+                                                              cfg.retrieval.export),
+    list_columns=(("accuracy_at_1", "acc@1"), ("tfidf_accuracy_at_1", "tfidf@1"), ("articles_precision_at_5", "P@5"),
+                  ("tfidf_articles_precision_at_5", "tfidfP@5")),
+)
+
+
 # ------------------------------------------------------------------------------------------------------ tasks
 
 
 def registry_tasks(cfg: Config) -> list[str]:
-    """Every task with a registered model: the declared text tasks, then the image encoder."""
-    return [*cfg.data.tasks, IMAGE_TASK]
+    """Every task with a registered model: the declared text tasks, the image encoder, the sentence embedder."""
+    return [*cfg.data.tasks, IMAGE_TASK, EMBEDDER_TASK]
 
 
 def kind_of(cfg: Config, task: str) -> ModelKind:
     """The kind of ``task``'s model; ``RegistryError`` for a task the registry does not hold."""
     if task == IMAGE_TASK:
         return IMAGE
+    if task == EMBEDDER_TASK:
+        return EMBEDDER
     if task in cfg.data.tasks:
         return TEXT
     raise RegistryError(f"unknown task {task!r}; the registry holds the tasks {registry_tasks(cfg)} "
-                        f"(data.tasks, and {IMAGE_TASK!r} for vision.export.registered_model)")
+                        f"(data.tasks, {IMAGE_TASK!r} for vision.export.registered_model and {EMBEDDER_TASK!r} for "
+                        f"retrieval.export.registered_model)")
 
 
 def model_name(cfg: Config, task: str) -> str:

@@ -53,6 +53,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def fingerprint(folder: Path, names: tuple[str, ...]) -> str:
+    """SHA-256 of one file; of several, SHA-256 over their names and hashes (order as given)."""
+    if len(names) == 1:
+        return sha256_file(Path(folder) / names[0])
+    return hashlib.sha256("".join(f"{name}:{sha256_file(Path(folder) / name)}\n" for name in names).encode()).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------------ register stage
 
 
@@ -92,7 +99,7 @@ def register_exports(cfg: Config, tasks: list[str], tracker_factory, commit: str
             tracker.log_metrics(metrics)
             version, new = register_onnx(cfg.tracking, tracker.run_id, export.folder / "model.onnx", name, metrics,
                                          tags, [export.folder / f for f in export.extra_files],
-                                         fingerprint=sha256_file(export.folder / "model.onnx"))
+                                         fingerprint=fingerprint(export.folder, export.identity))
             tracker.set_tags({"registered_model": name, "registered_version": str(version)})
         registrations.append(Registration(task, name, version, new, tracker.run_id, metrics))
     return registrations

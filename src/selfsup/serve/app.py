@@ -214,23 +214,29 @@ class TextRequest(BaseModel):
         return value
 
 
+def checked_texts(text: str | list[str], settings: ServeConfig) -> list[str]:
+    """The request's texts as a list, each checked (``check_text``); 422 naming the first one that breaks a rule."""
+    texts = [text] if isinstance(text, str) else text
+    if not texts:
+        raise ApiError(422, "invalid request: text: the list is empty")
+    if len(texts) > settings.max_batch_items:
+        raise ApiError(422, f"invalid request: {len(texts)} texts; the limit is {settings.max_batch_items} "
+                            "per request (serve.max_batch_items)")
+    for i, item in enumerate(texts):
+        try:
+            check_text(item, settings.max_chars, where="text" if isinstance(text, str) else f"text[{i}]")
+        except TextRejected as err:
+            raise ApiError(422, f"invalid request: {err}") from None
+    return texts
+
+
 def text_endpoint(task: str, routing_task: str | None = None, min_confidence: float = 0.5) -> Endpoint:
     """``POST /v1/<task>``: labels ranked by probability for each text; for the routing task also ``needs_human``
     (top probability under ``route.min_confidence``, the routing flow's rule)."""
 
     async def handle(request: Request, service: "Service") -> dict:
         body = validated(TextRequest, await read_json(request, service.settings.max_body_bytes))
-        texts = [body.text] if isinstance(body.text, str) else body.text
-        if not texts:
-            raise ApiError(422, "invalid request: text: the list is empty")
-        if len(texts) > service.settings.max_batch_items:
-            raise ApiError(422, f"invalid request: {len(texts)} texts; the limit is {service.settings.max_batch_items} "
-                                "per request (serve.max_batch_items)")
-        for i, text in enumerate(texts):
-            try:
-                check_text(text, service.settings.max_chars, where="text" if isinstance(body.text, str) else f"text[{i}]")
-            except TextRejected as err:
-                raise ApiError(422, f"invalid request: {err}") from None
+        texts = checked_texts(body.text, service.settings)
         model = service.slots[task].current.model
         probs, loaded = await service.score(task, model.prepare(texts))  # tokenized here, outside the batch
         top_k = body.top_k or service.settings.top_k
@@ -246,6 +252,33 @@ def text_endpoint(task: str, routing_task: str | None = None, min_confidence: fl
     return Endpoint(f"/v1/{task}", task, f"{task}: labels ranked by probability for one text or a list" +
                     (" (needs_human below route.min_confidence)" if task == routing_task else ""), handle,
                     TextRequest.model_json_schema())
+
+
+class SearchRequest(TextRequest):
+    top_k: int | None = Field(None, ge=1, le=100, description="entries returned per text, best first (default "
+                                                           "serve.top_k)")
+
+
+def search_endpoint(task: str, index: str) -> Endpoint:
+    """``POST /v1/answer`` (``index="answers"``: the knowledge-base entries closest to a question, with their
+    intent and answer) or ``POST /v1/similar`` (``"articles"``: the indexed articles closest to a text, with their
+    topic); each match carries its cosine ``score``. Embedding and search run in the embedder slot's batch."""
+    path, what = {"answers": ("/v1/answer", "the knowledge-base entries (intent, question, answer) closest to a "
+                                            "customer question"),
+                  "articles": ("/v1/similar", "the indexed articles (topic, opening text) closest to a text")}[index]
+
+    async def handle(request: Request, service: "Service") -> dict:
+        body = validated(SearchRequest, await read_json(request, service.settings.max_body_bytes))
+        texts = checked_texts(body.text, service.settings)
+        model = service.slots[task].current.model
+        top_k = body.top_k or service.settings.top_k
+        found, loaded = await service.score(task, model.prepare(texts, index, top_k))  # tokenized outside the batch
+        return {"model": loaded.name, "version": loaded.version,
+                "results": [{"matches": [{**m.row, "score": round(m.score, 6)} for m in matches]}
+                            for matches in found]}
+
+    return Endpoint(path, task, f"{what}, for one text or a list (cosine similarity of SimCSE embeddings)", handle,
+                    SearchRequest.model_json_schema())
 
 
 IMAGE_TYPES = ("image/png", "image/jpeg")

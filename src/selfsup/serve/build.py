@@ -2,6 +2,7 @@
 
     app = build_app(cfg)                              # the registry's `serve.alias` version of every task
     app = build_app(cfg, {"intent": Path("models/onnx/intent")})   # local export folders, no registry
+    app = build_app(cfg, {"embedder": Path("models/onnx/embedder")})  # /v1/answer and /v1/similar
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from selfsup.config import IMAGE_TASK, Config
+from selfsup.config import EMBEDDER_TASK, IMAGE_TASK, Config
 from selfsup.serve.batching import ModelSlot
 from selfsup.serve.sources import NothingToServe, RegistryWatcher, load_folder, resolve
 
@@ -17,7 +18,19 @@ log = logging.getLogger("selfsup.serve")
 
 
 def served_tasks(cfg: Config) -> list[str]:
-    return list(cfg.serve.tasks) or [*cfg.data.tasks, IMAGE_TASK]
+    return list(cfg.serve.tasks) or [*cfg.data.tasks, IMAGE_TASK, EMBEDDER_TASK]
+
+
+def endpoints_for(task: str, kind: str, cfg: Config) -> list:
+    """The endpoints serving ``task``'s model: POST /v1/<task> for a classifier, /v1/image for the image encoder,
+    /v1/answer and /v1/similar for the sentence embedder."""
+    from selfsup.serve.app import image_endpoint, search_endpoint, text_endpoint
+
+    if kind == "image":
+        return [image_endpoint(task)]
+    if kind == "embedder":
+        return [search_endpoint(task, "answers"), search_endpoint(task, "articles")]
+    return [text_endpoint(task, cfg.route.task, cfg.route.min_confidence)]
 
 
 def build_app(cfg: Config, folders: dict[str, Path] | None = None):
@@ -25,7 +38,7 @@ def build_app(cfg: Config, folders: dict[str, Path] | None = None):
     registry is never touched; otherwise each task's registry version is served and followed (``sources``).
     Raises ``NothingToServe`` (saying what to run) when no task has a model; tasks without one are left out with a
     warning."""
-    from selfsup.serve.app import ServiceMetrics, create_app, image_endpoint, text_endpoint
+    from selfsup.serve.app import ServiceMetrics, create_app
 
     slots, sources, missing = {}, {}, []
     if folders:
@@ -44,8 +57,8 @@ def build_app(cfg: Config, folders: dict[str, Path] | None = None):
         raise NothingToServe("nothing to serve:\n  " + "\n  ".join(missing))
     for reason in missing:
         log.warning("left out: %s", reason)
-    endpoints = [image_endpoint(task) if slot.current.model.kind == "image" else
-                 text_endpoint(task, cfg.route.task, cfg.route.min_confidence) for task, slot in slots.items()]
+    endpoints = [endpoint for task, slot in slots.items() for endpoint in endpoints_for(task, slot.current.model.kind,
+                                                                                       cfg)]
     metrics = ServiceMetrics()
     watcher = RegistryWatcher(cfg, slots, sources, metrics.on_reload)
     app = create_app(cfg.serve, slots, endpoints, metrics=metrics,

@@ -1,7 +1,8 @@
 """The models the service runs, with onnxruntime (and tokenizers, Pillow) only — torch is never imported here.
 
 ``TextModel`` wraps an exported classifier folder (``selfsup.text.export``), ``ImageModel`` an exported image
-encoder folder (``selfsup.vision.export``). Each splits its work in two: ``prepare`` (tokenize / decode an image),
+encoder folder (``selfsup.vision.export``), ``EmbedderModel`` an exported sentence embedder with its indexes
+(``selfsup.text.export_embedder``). Each splits its work in two: ``prepare`` (tokenize / decode an image),
 done in the request outside any batch, and ``run`` (one onnxruntime call on a whole batch), done by the batcher.
 ``load_model`` tells the two apart by the folder's files and checks the model answers before it may be served.
 """
@@ -32,6 +33,20 @@ def session_options(intra_op_threads: int):
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def session_calls(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
+    """Indices of the sequences with ``lengths``, sorted by length and grouped into session calls whose padded
+    size (sequences x the longest) stays within ``max_batch_tokens`` (a longer sequence gets a call of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    calls, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end + 1 - start) * lengths[order[end]] <= max_batch_tokens:
+            end += 1
+        calls.append(order[start:end])
+        start = end
+    return calls
 
 
 @dataclass
@@ -83,19 +98,12 @@ class TextModel:
         stale = [k for k, item in enumerate(items) if item.by is not self]
         for k, ids in zip(stale, self.classifier.encode([items[k].text for k in stale]) if stale else []):
             token_ids[k] = ids
-        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
         out: list = [None] * len(token_ids)
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and (end + 1 - start) * len(token_ids[order[end]]) <= self.max_batch_tokens:
-                end += 1
-            chunk = order[start:end]
-            for i, probs in zip(chunk, softmax(self.classifier.logits_of_ids([token_ids[i] for i in chunk]))):
+        for call in session_calls([len(ids) for ids in token_ids], self.max_batch_tokens):
+            for i, probs in zip(call, softmax(self.classifier.logits_of_ids([token_ids[i] for i in call]))):
                 out[i] = probs
             if on_call is not None:
-                on_call(len(chunk))
-            start = end
+                on_call(len(call))
         return out
 
     def rank(self, probs: np.ndarray, top_k: int) -> Ranked:
@@ -173,14 +181,132 @@ class ImageModel:
             raise ModelLoadError(f"{self.folder}: the model gives non-finite outputs")
 
 
-def load_model(folder: Path, intra_op_threads: int = 1, max_batch_tokens: int = 1024) -> TextModel | ImageModel:
-    """Load an exported text classifier or image encoder folder and check that it answers."""
+@dataclass(frozen=True)
+class Query:
+    """A search: the text's chunks as token ids, which index to search and how many entries to return."""
+
+    text: str
+    chunks: list[list[int]]
+    index: str
+    k: int
+    by: "EmbedderModel"
+
+
+@dataclass
+class Match:
+    row: dict  # the index entry's metadata (knowledge-base entry or article)
+    score: float  # cosine similarity to the query
+
+
+class EmbedderModel:
+    """An exported sentence embedder (``selfsup.text.export_embedder``) with its indexes: ``model.onnx``
+    (``input_ids``, ``attention_mask`` [B, L] -> ``sentence_embedding`` [B, H], unit vectors), ``tokenizer.json``,
+    ``embedder.json`` (max_length, chunking, the index names) and ``<index>.npy`` / ``<index>.jsonl`` per index.
+
+    A text is embedded the way the retrieval stage embedded it (``selfsup.text.retrieval``: word chunks, each
+    mean-pooled, their sum normalised), and searched by exact cosine over the index (``VectorIndex``)."""
+
+    kind = "embedder"
+
+    def __init__(self, folder: Path, intra_op_threads: int = 1, max_batch_tokens: int = 1024):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from selfsup.text.retrieval import VectorIndex
+
+        self.folder = Path(folder)
+        for name in ("model.onnx", "tokenizer.json", "embedder.json"):
+            if not (self.folder / name).exists():
+                raise ModelLoadError(f"{self.folder / name} is missing: not an exported selfsup embedder folder")
+        meta = json.loads((self.folder / "embedder.json").read_text())
+        self.max_length, self.chunk_words, self.max_chunks = (int(meta[k]) for k in ("max_length", "chunk_words",
+                                                                                      "max_chunks"))
+        self.indexes = {name: VectorIndex.read(self.folder, name) for name in meta["indexes"]}
+        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.max_length)
+        self.pad_id = self.tokenizer.token_to_id("[PAD]")
+        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), sess_options=session_options(
+            intra_op_threads), providers=["CPUExecutionProvider"])
+        self.max_batch_tokens = max_batch_tokens
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+        for name, index in self.indexes.items():
+            if index.vectors.shape[1] != self.dim:
+                raise ModelLoadError(f"{self.folder}: the {name} index has {index.vectors.shape[1]}-dimensional "
+                                     f"vectors but the model embeds into {self.dim}")
+
+    def _tokenize(self, text: str) -> list[list[int]]:
+        from selfsup.text.retrieval import word_chunks
+
+        return [e.ids for e in self.tokenizer.encode_batch(word_chunks(text, self.chunk_words, self.max_chunks))]
+
+    def prepare(self, texts: list[str], index: str, k: int) -> list[Query]:
+        if index not in self.indexes:
+            raise ValueError(f"no index {index!r}; this embedder has {sorted(self.indexes)}")
+        return [Query(text, self._tokenize(text), index, k, self) for text in texts]
+
+    def embed_chunks(self, chunks: list[list[int]], on_call=None) -> np.ndarray:
+        """Unit embeddings [n_chunks, H] of tokenized chunks, in session calls of at most ``max_batch_tokens``."""
+        out = np.zeros((len(chunks), self.dim), dtype=np.float32)
+        for call in session_calls([len(ids) for ids in chunks], self.max_batch_tokens):
+            width = max(len(chunks[i]) for i in call)
+            ids = np.full((len(call), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(call), width), dtype=np.int64)
+            for row, i in enumerate(call):
+                ids[row, : len(chunks[i])] = chunks[i]
+                mask[row, : len(chunks[i])] = 1
+            out[call] = self.session.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+            if on_call is not None:
+                on_call(len(call))
+        return out
+
+    def embed(self, queries: list[Query], on_call=None) -> np.ndarray:
+        """Unit embeddings [n_queries, H]; queries tokenized by another model (a hot reload) are tokenized again."""
+        from selfsup.text.retrieval import pool_chunks
+
+        chunks, owner = [], []
+        for i, query in enumerate(queries):
+            pieces = query.chunks if query.by is self else self._tokenize(query.text)
+            chunks += pieces
+            owner += [i] * len(pieces)
+        return pool_chunks(self.embed_chunks(chunks, on_call), owner, len(queries))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self.embed([Query(t, self._tokenize(t), "", 0, self) for t in texts])
+
+    def run(self, queries: list[Query], on_call=None) -> list[list[Match]]:
+        """Each query's ``k`` nearest entries of its index, best first: embedded and searched in one batch, so the
+        answer always comes from one version's encoder and index together."""
+        vectors = self.embed(queries, on_call)
+        out: list = [None] * len(queries)
+        for name in {q.index for q in queries}:
+            members = [i for i, q in enumerate(queries) if q.index == name]
+            index = self.indexes[name]
+            indices, scores = index.search(vectors[members], max(queries[i].k for i in members))
+            for i, row, row_scores in zip(members, indices, scores):
+                out[i] = [Match(index.rows[j], float(score)) for j, score in
+                          zip(row[: queries[i].k], row_scores[: queries[i].k])]
+        return out
+
+    def self_check(self) -> None:
+        for name in self.indexes:
+            (matches,) = self.run(self.prepare(["my bag did not arrive"], name, 1))
+            if not matches or not np.isfinite(matches[0].score) or abs(matches[0].score) > 1 + 1e-3:
+                raise ModelLoadError(f"{self.folder}: searching the {name} index gives {matches}")
+
+
+def load_model(folder: Path, intra_op_threads: int = 1,
+               max_batch_tokens: int = 1024) -> TextModel | ImageModel | EmbedderModel:
+    """Load an exported text classifier, image encoder or sentence embedder folder and check that it answers."""
     folder = Path(folder)
     if not (folder / "model.onnx").exists():
         raise ModelLoadError(f"{folder}: no model.onnx — not an exported selfsup model folder")
     try:
-        model = (ImageModel(folder, intra_op_threads) if (folder / "classes.json").exists() else
-                 TextModel(folder, intra_op_threads, max_batch_tokens))
+        if (folder / "classes.json").exists():
+            model = ImageModel(folder, intra_op_threads)
+        elif (folder / "embedder.json").exists():
+            model = EmbedderModel(folder, intra_op_threads, max_batch_tokens)
+        else:
+            model = TextModel(folder, intra_op_threads, max_batch_tokens)
         model.self_check()
     except ModelLoadError:
         raise

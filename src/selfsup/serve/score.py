@@ -160,7 +160,7 @@ def load_scorer(cfg, model: str):
     """``(task, Loaded)`` for ``--model``: an export folder (``DIR`` — the task is the folder's name, as for
     ``selfsup serve --model`` — or ``TASK=DIR``), else a declared text task, whose registry ``serve.alias`` version
     is fetched exactly as the service fetches it."""
-    from selfsup.config import IMAGE_TASK
+    from selfsup.config import EMBEDDER_TASK, IMAGE_TASK
     from selfsup.serve.runtime import ModelLoadError
     from selfsup.serve.sources import NothingToServe, load_folder, resolve
 
@@ -172,8 +172,8 @@ def load_scorer(cfg, model: str):
             loaded = load_folder(task, Path(folder), cfg.serve.intra_op_threads, cfg.serve.max_batch_tokens)
         elif sep:
             raise ScoreError(f"--model {model}: {folder} is not a folder")
-        elif model == IMAGE_TASK:
-            raise ScoreError(f"--model {model}: the image encoder scores images; selfsup score classifies text "
+        elif model in (IMAGE_TASK, EMBEDDER_TASK):
+            raise ScoreError(f"--model {model}: not a classifier; selfsup score classifies text "
                              f"(tasks: {', '.join(sorted(cfg.data.tasks))})")
         elif model in cfg.data.tasks:
             loaded, _ = resolve(cfg, model)
@@ -183,7 +183,8 @@ def load_scorer(cfg, model: str):
     except (NothingToServe, ModelLoadError) as err:
         raise ScoreError(str(err)) from None
     if loaded.model.kind != "text":
-        raise ScoreError(f"--model {model}: {loaded.source} is an image model; selfsup score classifies text")
+        raise ScoreError(f"--model {model}: {loaded.source} is an {loaded.model.kind} model, not a classifier; "
+                         f"selfsup score classifies text")
     return task, loaded
 
 

@@ -86,13 +86,25 @@ class VectorIndex:
         indices = np.take_along_axis(top, order, 1)
         return indices, np.take_along_axis(scores, indices, 1)
 
+    def write(self, folder: Path, name: str) -> None:
+        """``<name>.npy`` (float32 [N, D]) and ``<name>.jsonl`` (one metadata row per line) in ``folder``."""
+        np.save(Path(folder) / f"{name}.npy", np.asarray(self.vectors, dtype=np.float32))
+        (Path(folder) / f"{name}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows), encoding="utf-8")
+
+    @classmethod
+    def read(cls, folder: Path, name: str) -> "VectorIndex":
+        folder = Path(folder)
+        rows = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+        return cls(np.load(folder / f"{name}.npy", allow_pickle=False), rows)
+
     def save(self, folder: Path, **info) -> None:
+        """A folder of its own (vectors.npy, rows.jsonl, index.json with ``info``), swapped in whole."""
         from selfsup.fileio import replace_dir, staging_dir
 
         tmp = staging_dir(Path(folder))
-        np.save(tmp / "vectors.npy", np.asarray(self.vectors, dtype=np.float32))
-        (tmp / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows),
-                                        encoding="utf-8")
+        self.write(tmp, "vectors")
+        (tmp / "vectors.jsonl").rename(tmp / "rows.jsonl")
         (tmp / "index.json").write_text(json.dumps({"count": len(self), "dim": int(self.vectors.shape[1]), **info},
                                                    indent=1))
         replace_dir(tmp, Path(folder))
@@ -101,7 +113,7 @@ class VectorIndex:
     def load(cls, folder: Path) -> "VectorIndex":
         folder = Path(folder)
         rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text(encoding="utf-8").splitlines()]
-        return cls(np.load(folder / "vectors.npy"), rows)
+        return cls(np.load(folder / "vectors.npy", allow_pickle=False), rows)
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -143,14 +155,25 @@ class EncoderEmbedder:
 
         chunks, owner = [], []
         for i, text in enumerate(texts):
-            words = text.split() or [text]
-            for start in range(0, min(len(words), self.chunk_words * self.max_chunks), self.chunk_words):
-                chunks.append(" ".join(words[start : start + self.chunk_words]))
-                owner.append(i)
-        pieces = embed_texts(self.encoder, self.tokenizer, chunks, self.max_length)  # [n_chunks, H]
-        out = np.zeros((len(texts), pieces.shape[1]), dtype=np.float32)
-        np.add.at(out, np.asarray(owner), pieces)
-        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
+            pieces = word_chunks(text, self.chunk_words, self.max_chunks)
+            chunks += pieces
+            owner += [i] * len(pieces)
+        return pool_chunks(embed_texts(self.encoder, self.tokenizer, chunks, self.max_length), owner, len(texts))
+
+
+def word_chunks(text: str, chunk_words: int, max_chunks: int) -> list[str]:
+    """``text`` cut into pieces of ``chunk_words`` words, at most ``max_chunks`` of them (a short text: itself)."""
+    words = text.split() or [text]
+    return [" ".join(words[start : start + chunk_words])
+            for start in range(0, min(len(words), chunk_words * max_chunks), chunk_words)]
+
+
+def pool_chunks(pieces: np.ndarray, owner: list[int], n_texts: int) -> np.ndarray:
+    """Each text's embedding [n_texts, H]: the L2-normalised sum of its chunks' unit embeddings ``pieces``
+    [n_chunks, H]; ``owner[c]`` is the text chunk c belongs to."""
+    out = np.zeros((n_texts, pieces.shape[1]), dtype=np.float32)
+    np.add.at(out, np.asarray(owner, dtype=np.int64), pieces)
+    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -203,22 +226,3 @@ def evaluate_method(method: str, embedder_for, kb: list[dict], kb_docs: list[str
     indices, _ = article_index.search(article_embedder.embed(test_texts), 5)
     precision = precision_at(test_labels, [[train_labels[j] for j in row] for row in indices], 5)
     return RetrievalResult(method, answer["test"], answer["validation"], precision)
-
-
-INDEXES = {"answers": "knowledge_base", "articles": "articles"}
-
-
-def search(index_dir: Path, encoder_dir: Path, queries: list[str], what: str = "answers", k: int = 3,
-           max_length: int = 128, chunk_words: int = 80, max_chunks: int = 8) -> list[list[dict]]:
-    """The ``k`` nearest knowledge-base entries (``what="answers"``) or training articles (``"articles"``) of each
-    query, best first: each a dict of the entry's fields plus ``score`` (cosine). Uses the saved SimCSE index."""
-    if what not in INDEXES:
-        raise ValueError(f"what must be one of {sorted(INDEXES)}, got {what!r}")
-    folder = Path(index_dir) / INDEXES[what]
-    if not (folder / "vectors.npy").exists():
-        raise FileNotFoundError(f"{folder} has no index: run the retrieval stage first (`dvc repro retrieval`)")
-    index = VectorIndex.load(folder)
-    embedder = EncoderEmbedder("simcse", Path(encoder_dir), max_length, chunk_words, max_chunks)
-    indices, scores = index.search(embedder.embed(queries), k)
-    return [[{**index.rows[j], "score": float(score)} for j, score in zip(row, row_scores)]
-            for row, row_scores in zip(indices, scores)]

@@ -13,6 +13,11 @@ outputs atomically, logs to the tracker and returns the metrics it wrote.
     label_efficiency_stage
                       the three arms at shares of the labels, several seeds -> artifacts/label_efficiency/
     export_stage      pretrained classifier -> models/onnx/<task>/ (parity-checked), artifacts/export/<task>/
+    simcse_stage      corpus + MLM encoder -> models/simcse/ (SimCSE sentence encoder), artifacts/simcse/
+    retrieval_stage   knowledge base, intent and topic splits, three embedding methods -> models/index/,
+                      artifacts/retrieval/metrics.json
+    export_embedder_stage
+                      SimCSE encoder + indexes -> models/onnx/embedder/ (parity-checked), artifacts/export_embedder/
 
 Registration (and the quality gate) is ``selfsup.registry``'s: the ``register`` stage, after every export.
 """
@@ -67,11 +72,14 @@ def tokenizer_stage(cfg: Config, params_file: Path) -> dict:
 
 def pretrain_stage(cfg: Config, params_file: Path, checkpoint_dir: Path):
     """Masked-language-model pretraining; writes metrics.json, loss.csv, val.csv and loss.png for DVC."""
+    from selfsup.distributed import is_main_process
     from selfsup.text.pretrain_mlm import pretrain_mlm
     from selfsup.tracking import open_run
 
     pc = cfg.pretrain
     metrics_dir = Path(pc.metrics_dir)
+    if not is_main_process():  # torchrun: the other processes train alongside; rank 0 alone tracks and writes
+        return pretrain_mlm(pc, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), checkpoint_dir)
     with open_run(cfg, "pretrain_mlm", params_file, pc) as tracker:
         result = pretrain_mlm(pc, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), checkpoint_dir, tracker)
         write_json(metrics_dir / "metrics.json",
@@ -304,10 +312,34 @@ def retrieval_stage(cfg: Config, params_file: Path) -> dict:
                                          "answer": e["answer"]} for e in kb]).save(
         Path(rc.out_dir) / "knowledge_base", method="simcse", kb_text=rc.kb_text)
     texts, labels = articles["train"]
-    VectorIndex(simcse.embed(texts), [{"topic": y, "text": t[:300]} for t, y in zip(texts, labels)]).save(
+    VectorIndex(simcse.embed(texts), [{"id": f"{rc.articles_task}/train/{i}", "topic": y, "text": t[:300]}
+                                      for i, (t, y) in enumerate(zip(texts, labels))]).save(
         Path(rc.out_dir) / "articles", method="simcse")
     with open_run(cfg, "retrieval", params_file, rc) as tracker:
         tracker.log_metrics({f"{name}_{key}": value for name, r in results.items()
                              for key, value in {**{f"answer_{k}": v for k, v in r.answer.items()},
                                                 "articles_precision_at_5": r.articles_precision_at_5}.items()})
+    return metrics
+
+
+def export_embedder_stage(cfg: Config, params_file: Path) -> dict:
+    """The SimCSE encoder as ONNX with the retrieval stage's indexes -> models/onnx/embedder/ (what /v1/answer and
+    /v1/similar serve), parity with PyTorch -> artifacts/export_embedder/metrics.json. Raises
+    ``ExportParityError`` (nothing written) on a mismatch."""
+    from selfsup.text.data import read_labelled
+    from selfsup.text.export_embedder import export_embedder
+    from selfsup.tracking import open_run
+
+    rc, ec = cfg.retrieval, cfg.retrieval.export
+    messages, _ = read_labelled(Path(cfg.data.tasks[rc.messages_task].dir) / "test.csv")
+    articles, _ = read_labelled(Path(cfg.data.tasks[rc.articles_task].dir) / "test.csv")
+    result = export_embedder(Path(rc.simcse.out_dir), Path(rc.out_dir), Path(ec.out_dir),
+                             {"answers": messages, "articles": articles[: ec.parity_articles]}, rc.max_length,
+                             rc.chunk_words, rc.max_chunks, cfg.export.opset, cfg.export.ort_fusion,
+                             ec.min_top1_agreement, ec.max_abs_diff)
+    metrics = asdict(result)
+    write_json(Path(ec.metrics_dir) / "metrics.json", metrics)
+    with open_run(cfg, "export_embedder", params_file, ec) as tracker:
+        tracker.log_metrics({"onnx_max_abs_diff": result.max_abs_diff,
+                             **{f"onnx_top1_agreement_{k}": v for k, v in result.top1_agreement.items()}})
     return metrics
