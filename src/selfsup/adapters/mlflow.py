@@ -18,7 +18,8 @@ _MAX_PARAM = 6000  # MLflow's limit on a param value (chars)
 
 def _connect(cfg: TrackingConfig) -> str:
     """Point MLflow at the store (``MLFLOW_TRACKING_URI`` wins) and make sure the experiment exists with an
-    artifact location under ``mlflow/`` (a SQLite store would otherwise write ./mlruns)."""
+    artifact location under ``mlflow/`` (a SQLite store would otherwise write ./mlruns), or, on a tracking server,
+    the server's own artifact store."""
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     uri = from_env or cfg.tracking_uri
     if uri.startswith("sqlite:///"):
@@ -36,6 +37,10 @@ def _connect(cfg: TrackingConfig) -> str:
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
         location = cfg.artifact_location
+        if "://" not in location and uri.startswith(("http://", "https://")):
+            # a tracking server keeps artifacts where it was started to (--artifacts-destination, served over HTTP
+            # to every client); a folder on this machine would be out of reach of the other machines using it
+            return client.create_experiment(cfg.experiment)
         if "://" not in location:
             location = Path(location).resolve().as_uri()
         return client.create_experiment(cfg.experiment, artifact_location=location)

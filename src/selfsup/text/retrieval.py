@@ -206,6 +206,8 @@ class RetrievalResult:
     answer: dict[str, float]  # test messages vs the knowledge base
     answer_validation: dict[str, float]
     articles_precision_at_5: float
+    kb_vectors: object = None  # [N_kb, D] the knowledge base as this method embedded it (dense or sparse)
+    article_vectors: object = None  # [N_train_articles, D] the indexed articles
 
 
 def evaluate_method(method: str, embedder_for, kb: list[dict], kb_docs: list[str], messages: dict,
@@ -225,4 +227,5 @@ def evaluate_method(method: str, embedder_for, kb: list[dict], kb_docs: list[str
     test_texts, test_labels = articles["test"]
     indices, _ = article_index.search(article_embedder.embed(test_texts), 5)
     precision = precision_at(test_labels, [[train_labels[j] for j in row] for row in indices], 5)
-    return RetrievalResult(method, answer["test"], answer["validation"], precision)
+    return RetrievalResult(method, answer["test"], answer["validation"], precision, kb_index.vectors,
+                           article_index.vectors)

@@ -307,13 +307,13 @@ def retrieval_stage(cfg: Config, params_file: Path) -> dict:
                           "articles_test": len(articles["test"][0]), "articles_indexed": len(articles["train"][0])}
     write_json(Path(rc.metrics_dir) / "metrics.json", metrics)
 
-    simcse = encoders["simcse"]
-    VectorIndex(simcse.embed(kb_docs), [{"id": e["id"], "intent": e["intent"], "question": e["question"],
-                                         "answer": e["answer"]} for e in kb]).save(
+    simcse = results["simcse"]  # the vectors it was measured with are the ones served
+    VectorIndex(simcse.kb_vectors, [{"id": e["id"], "intent": e["intent"], "question": e["question"],
+                                     "answer": e["answer"]} for e in kb]).save(
         Path(rc.out_dir) / "knowledge_base", method="simcse", kb_text=rc.kb_text)
     texts, labels = articles["train"]
-    VectorIndex(simcse.embed(texts), [{"id": f"{rc.articles_task}/train/{i}", "topic": y, "text": t[:300]}
-                                      for i, (t, y) in enumerate(zip(texts, labels))]).save(
+    VectorIndex(simcse.article_vectors, [{"id": f"{rc.articles_task}/train/{i}", "topic": y, "text": t[:300]}
+                                         for i, (t, y) in enumerate(zip(texts, labels))]).save(
         Path(rc.out_dir) / "articles", method="simcse")
     with open_run(cfg, "retrieval", params_file, rc) as tracker:
         tracker.log_metrics({f"{name}_{key}": value for name, r in results.items()
