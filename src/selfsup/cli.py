@@ -519,7 +519,7 @@ def cmd_pretrain_ssl(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.params, args.overrides)
     try:
-        m = pretrain_stage(cfg, Path(args.params))
+        m = pretrain_stage(cfg, Path(args.params), Path(args.checkpoint_dir))
     except CollapseError as err:
         _print_err(str(err))
         return 1
@@ -679,7 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
     # image stages
     add("validate-images", cmd_validate_images, "validate every image in the image manifest (Great Expectations)")
-    add("pretrain-ssl", cmd_pretrain_ssl, "self-supervised image pretraining with vision.pretrain.method")
+    p = add("pretrain-ssl", cmd_pretrain_ssl, "self-supervised image pretraining with vision.pretrain.method")
+    p.add_argument("--checkpoint-dir", default="checkpoints/pretrain_ssl",
+                   help="resumable checkpoints of an unfinished run (default: checkpoints/pretrain_ssl)")
     add("evaluate-ssl", cmd_evaluate_ssl, "kNN / linear-probe accuracy vs random init and supervised; plots")
     add("export-ssl", cmd_export_ssl, "image encoder + probe to ONNX and its parity check against PyTorch")
     return parser

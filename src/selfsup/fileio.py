@@ -1,32 +1,59 @@
-"""Write outputs so that an interrupted stage never leaves a half-written file or folder behind."""
+"""Write outputs so that an interrupted stage never leaves a half-written file or folder behind.
+
+A file goes to a temporary name beside its target and is renamed over it (``write_text_atomic``, ``atomic_file``); a
+folder is built in ``<target>.tmp`` and swapped in by two renames (``staging_dir``, ``replace_dir``). A kill at any
+moment leaves the previous output or the new one, whole; what a kill leaves behind is only ever a temporary name
+(``.<name>.<random>``, ``<target>.tmp``) that no stage reads, or ``<target>.old``, which ``recover_dir`` (called by
+the next ``staging_dir``/``replace_dir`` of that target) moves back.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write in the block; it replaces ``path`` when the block ends without an
+    error and is deleted otherwise. It keeps ``path``'s suffix, for writers that pick the format from it
+    (``fig.savefig(tmp)``, ``np.save``). Flushed to disk before the rename, so a power loss cannot leave an empty
+    ``path`` either."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomic(path: Path, content: str) -> None:
     """Write ``content`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(content, encoding="utf-8")
 
 
 def _aside(target: Path) -> Path:
     return target.with_name(target.name + ".old")
 
 
-def _recover(target: Path) -> None:
+def recover_dir(target: Path) -> None:
     """Finish a swap that a crash interrupted: ``<target>.old`` without ``target`` is the last good folder (the
     crash came between moving it aside and moving the new one in), so it goes back; beside a ``target`` it is
-    leftover garbage."""
+    leftover garbage. Call it before reading a folder that this process also replaces (a resumable checkpoint)."""
+    target = Path(target)
     old = _aside(target)
     if not old.exists():
         return
@@ -40,7 +67,7 @@ def staging_dir(target: Path) -> Path:
     """An empty ``<target>.tmp`` folder to build ``target`` in (left over from a crash: emptied first). A previous
     ``target`` that a crash left as ``<target>.old`` is restored first."""
     target = Path(target)
-    _recover(target)
+    recover_dir(target)
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -56,7 +83,7 @@ def replace_dir(staging: Path, target: Path) -> None:
     undone by the next ``staging_dir``/``replace_dir`` for the same target."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
+    recover_dir(target)
     old = _aside(target)
     had_target = target.exists()
     if had_target:

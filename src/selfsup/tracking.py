@@ -7,9 +7,10 @@ unit tests) a ``NullTracker`` swallows everything, so the core never needs MLflo
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Protocol
 
 import yaml
@@ -42,14 +43,46 @@ class NullTracker:
         pass
 
 
+# Tracked files that the pipeline itself rewrites: DVC's record of what it ran (dvc.lock), of the data (*.dvc) and
+# the .gitignore entries it adds for new outputs. A difference there says what DVC did, not that the code differs
+# from the commit; the data version is the run's own tag (dvc_data_hash).
+PIPELINE_BOOKKEEPING = ("dvc.lock", "*.dvc", ".gitignore")
+
+
+def is_pipeline_bookkeeping(path: str) -> bool:
+    """``path`` (relative to the repository root, any folder) is a file DVC writes, not code or configuration."""
+    name = PurePosixPath(path).name
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in PIPELINE_BOOKKEEPING)
+
+
+def changed_code(root: Path = Path(".")) -> list[str]:
+    """Tracked files (relative to the repository root) whose content differs from the checked-out commit, staged or
+    not, deleted included; untracked files and ``PIPELINE_BOOKKEEPING`` files do not count."""
+    listing = subprocess.run(["git", "status", "--porcelain=v1", "-z", "--untracked-files=no"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+    entries, changed = listing.split("\0"), []
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if not entry:
+            continue
+        status, path = entry[:2], entry[3:]
+        paths = [path]
+        if "R" in status or "C" in status:  # "XY new\0old": a rename or copy names both sides
+            paths.append(entries[index])
+            index += 1
+        changed += [p for p in paths if not is_pipeline_bookkeeping(p)]
+    return changed
+
+
 def git_commit(root: Path = Path(".")) -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    """The checked-out commit, with ``-dirty`` when tracked code differs from it (``changed_code``: what DVC itself
+    rewrites, such as ``dvc.lock`` after ``dvc repro`` in a fresh clone, does not count); ``unknown`` outside git."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
+        return commit + ("-dirty" if changed_code(root) else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
 

@@ -103,6 +103,7 @@ class SSLPretrainConfig:
     center_momentum: float = option(0.9, help="dino: EMA momentum of the teacher-output center", ge=0, lt=1)
     monitor_every: int = option(50, help="compute the collapse monitor every N steps (and at the end)", ge=1)
     monitor_images: int = option(1024, help="pool images the collapse monitor embeds", ge=1)
+    checkpoint_every: int = option(50, help="save a resumable checkpoint every N steps", ge=1)
     min_embedding_std: float = option(0.1, help="fail below this std of L2-normalised embeddings x sqrt(dim) "
                                       "(1 = spread evenly, 0 = collapsed to one point)", ge=0)
     min_effective_rank: float = option(2.0, help="fail below this effective rank of the embedding matrix", ge=0)

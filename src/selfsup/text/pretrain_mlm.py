@@ -7,8 +7,10 @@
 
 Every ``eval_every`` steps the validation MLM loss (and perplexity) is measured on held-out blocks with a fixed
 masking seed, so the numbers are comparable across steps. Every ``checkpoint_every`` steps a resumable checkpoint
-(model, optimizer, scheduler, RNG states, history) is written atomically; a restarted run with the same
-configuration resumes from it. The finished encoder is saved in the Hugging Face format.
+(model, optimizer, scheduler, the block sampler and every global RNG, history; ``selfsup.checkpoint``) is written
+atomically; a run killed at any moment (SIGKILL included) and restarted with the same configuration, tokenizer and
+corpus resumes from it and ends with the weights of an uninterrupted run, bit for bit on the same machine and thread
+count (``tests/text/test_resume_mlm.py``). The finished encoder is saved in the Hugging Face format.
 
 Several processes (``torchrun``, see docs/pipeline.md) train one model with DistributedDataParallel: every rank
 draws and masks the same global batch [B, L] (same seed and RNG as one process), keeps its own rows
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from selfsup.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from selfsup.config import PretrainConfig, config_to_dict
 from selfsup.distributed import (Ranks, all_reduce_sum, broadcast_from_main, device_for_rank, process_group,
                                  ranks_from_env, share_cpu_threads)
@@ -69,12 +72,6 @@ def _fingerprint(cfg: PretrainConfig, tokenizer_dir: Path, corpus: Path) -> str:
     digest.update((tokenizer_dir / "tokenizer.json").read_bytes())
     digest.update(str(corpus.stat().st_size).encode() + str(corpus.stat().st_mtime_ns).encode())
     return digest.hexdigest()
-
-
-def _save_checkpoint(folder: Path, state: dict) -> None:
-    tmp = staging_dir(folder)
-    torch.save(state, tmp / "state.pt")
-    replace_dir(tmp, folder)
 
 
 @torch.no_grad()
@@ -177,22 +174,19 @@ def _pretrain(cfg: PretrainConfig, corpus_path: Path, tokenizer_dir: Path, check
     # one that writes checkpoints, and sent to the others: their nodes may not share its disk)
     fingerprint = _fingerprint(cfg, tokenizer_dir, corpus_path)
     step, history, evals = 0, [], []
-    state_file = checkpoint_dir / "state.pt"
-    state = None
-    if ranks.is_main and state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint_dir, fingerprint, lambda line: say(line, flush=True)) if ranks.is_main else None
     state = broadcast_from_main(state, ranks)
     if state is not None:
-        if state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            sampler.set_state(state["sampler"])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.set_state(state["sampler"])
+        if "rng" in state:  # the collator's masks and dropout continue where they were
+            restore_rng_state(state["rng"], device)
+        else:  # a checkpoint written before every global RNG was kept: torch's alone
             torch.set_rng_state(state["torch_rng"])
-            step, history, evals = state["step"], state["history"], state["evals"]
-            say(f"resuming pretraining from the checkpoint at step {step}", flush=True)
-        else:
-            say("ignoring a checkpoint written with a different configuration; starting fresh", flush=True)
+        step, history, evals = state["step"], state["history"], state["evals"]
+        say(f"resuming pretraining from the checkpoint at step {step}", flush=True)
     resumed_from = step
 
     model.train()
@@ -243,11 +237,10 @@ def _pretrain(cfg: PretrainConfig, corpus_path: Path, tokenizer_dir: Path, check
                 progress.write(f"step {step}: val MLM loss {val_loss:.3f}, "
                                f"perplexity {evals[-1]['val_perplexity']:.1f}")
         if step % cfg.checkpoint_every == 0 and step < cfg.max_steps and ranks.is_main:
-            _save_checkpoint(checkpoint_dir, {
+            save_checkpoint(checkpoint_dir, {
                 "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "sampler": sampler.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history, "evals": evals,
+                "sampler": sampler.get_state(), "rng": rng_state(device), "history": history, "evals": evals,
             })
     progress.close()
     wall = time.perf_counter() - start_time
@@ -258,7 +251,8 @@ def _pretrain(cfg: PretrainConfig, corpus_path: Path, tokenizer_dir: Path, check
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         replace_dir(tmp, out_dir)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+        for leftover in (checkpoint_dir, checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")):
+            shutil.rmtree(leftover, ignore_errors=True)  # finished: nothing left to resume
 
     trained_steps = max(1, step - resumed_from)
     return PretrainResult(

@@ -8,6 +8,7 @@ Read top to bottom: build the networks, then one loop of augment -> embed -> los
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,15 +18,17 @@ from selfsup.vision.augment import TwoViews
 from selfsup.vision.losses import InfoNCEWithQueue, MemoryQueue, NTXentLoss
 from selfsup.vision.model import MLPHead, build_backbone, frozen_copy, update_ema
 from selfsup.vision.ssl_common import (
-    SSLResult, check_collapse, learning_rate_at, make_optimizer, monitor_collapse, pool_batches, set_learning_rate,
+    SSLCheckpoints, SSLResult, check_collapse, learning_rate_at, make_optimizer, monitor_collapse, pool_batches,
+    set_learning_rate,
 )
 from selfsup.runtime import autocast, progress_bar
 
 METHODS = ("simclr", "moco")
 
 
-def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker) -> tuple[torch.nn.Module,
-                                                                                          SSLResult]:
+def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker,
+          checkpoint_dir: Path | None = None) -> tuple[torch.nn.Module, SSLResult]:
+    """Pretrain on ``pool``; with ``checkpoint_dir``, resume from and save resumable checkpoints there."""
     if cfg.method not in METHODS:
         raise ValueError(f"contrastive.train runs simclr or moco, not {cfg.method!r}")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -39,12 +42,17 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
         queue = MemoryQueue(cfg.queue_size, cfg.projection_dim).to(device)
         loss_fn = InfoNCEWithQueue(cfg.temperature)
     optimizer = make_optimizer([encoder, projector], cfg)
+    state = {"encoder": encoder, "projector": projector}
+    if cfg.method == "moco":
+        state.update(key_encoder=key_encoder, key_projector=key_projector, queue=queue)
+    checkpoints = SSLCheckpoints(checkpoint_dir, cfg, pool, state, optimizer, device)
+    resumed_from, history, monitor = checkpoints.resume()
     augment = TwoViews(cfg.augment, cfg.image_size)
     monitor_images = torch.from_numpy(pool[: cfg.monitor_images])
-    history, monitor = [], []
     start = time.perf_counter()
-    bar = progress_bar(cfg.max_steps, cfg.method, cfg.loop.progress)
-    for step, images in enumerate(pool_batches(pool, cfg.batch_size, cfg.max_steps, cfg.loop.seed), start=1):
+    bar = progress_bar(cfg.max_steps, cfg.method, cfg.loop.progress, initial=resumed_from)
+    batches = pool_batches(pool, cfg.batch_size, cfg.max_steps, cfg.loop.seed, skip=resumed_from)
+    for step, images in enumerate(batches, start=resumed_from + 1):
         lr = learning_rate_at(step, cfg)
         set_learning_rate(optimizer, lr)
         view1, view2 = (v.to(device, memory_format=memory_format) for v in augment(images))  # [B, C, S, S] each
@@ -72,12 +80,15 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
             stats = monitor_collapse(encoder, monitor_images, device)
             monitor.append({"step": step, **stats})
             tracker.log_metrics(stats, step=step)
+        checkpoints.after_step(step, history, monitor)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
     bar.close()
+    checkpoints.finish()
     wall = time.perf_counter() - start
     final = monitor[-1]
-    result = SSLResult(cfg.method, cfg.max_steps, wall, cfg.max_steps * cfg.batch_size / wall, history[-1]["loss"],
-                       final["embedding_std"], final["effective_rank"], history, monitor)
+    trained_images = (cfg.max_steps - resumed_from) * cfg.batch_size
+    result = SSLResult(cfg.method, cfg.max_steps, wall, trained_images / wall, history[-1]["loss"],
+                       final["embedding_std"], final["effective_rank"], history, monitor, resumed_from)
     check_collapse(final, cfg, result)
     return encoder.eval(), result

@@ -13,6 +13,7 @@ teacher update -> monitor.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,14 +23,15 @@ from selfsup.vision.augment import TwoViews
 from selfsup.vision.losses import DINOLoss, NegativeCosineLoss
 from selfsup.vision.model import DINOHead, MLPHead, build_backbone, frozen_copy, update_ema
 from selfsup.vision.ssl_common import (
-    SSLResult, check_collapse, learning_rate_at, make_optimizer, momentum_at, monitor_collapse, pool_batches,
-    set_learning_rate,
+    SSLCheckpoints, SSLResult, check_collapse, learning_rate_at, make_optimizer, momentum_at, monitor_collapse,
+    pool_batches, set_learning_rate,
 )
 from selfsup.runtime import autocast, progress_bar
 
 
-def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker) -> tuple[torch.nn.Module,
-                                                                                          SSLResult]:
+def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker,
+          checkpoint_dir: Path | None = None) -> tuple[torch.nn.Module, SSLResult]:
+    """Pretrain on ``pool``; with ``checkpoint_dir``, resume from and save resumable checkpoints there."""
     if cfg.method not in ("byol", "simsiam", "dino"):
         raise ValueError(f"self_distillation.train runs byol, simsiam or dino, not {cfg.method!r}")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -48,12 +50,21 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
     if uses_ema:
         teacher_encoder, teacher_head = frozen_copy(encoder), frozen_copy(head)
     optimizer = make_optimizer(trained, cfg)
+    state = {"encoder": encoder, "head": head}
+    if cfg.method == "dino":
+        state["loss"] = loss_fn  # the teacher-output center
+    else:
+        state["predictor"] = predictor
+    if uses_ema:
+        state.update(teacher_encoder=teacher_encoder, teacher_head=teacher_head)
+    checkpoints = SSLCheckpoints(checkpoint_dir, cfg, pool, state, optimizer, device)
+    resumed_from, history, monitor = checkpoints.resume()
     augment = TwoViews(cfg.augment, cfg.image_size)
     monitor_images = torch.from_numpy(pool[: cfg.monitor_images])
-    history, monitor = [], []
     start = time.perf_counter()
-    bar = progress_bar(cfg.max_steps, cfg.method, cfg.loop.progress)
-    for step, images in enumerate(pool_batches(pool, cfg.batch_size, cfg.max_steps, cfg.loop.seed), start=1):
+    bar = progress_bar(cfg.max_steps, cfg.method, cfg.loop.progress, initial=resumed_from)
+    batches = pool_batches(pool, cfg.batch_size, cfg.max_steps, cfg.loop.seed, skip=resumed_from)
+    for step, images in enumerate(batches, start=resumed_from + 1):
         lr = learning_rate_at(step, cfg)
         set_learning_rate(optimizer, lr)
         view1, view2 = (v.to(device, memory_format=memory_format) for v in augment(images))  # [B, C, S, S] each
@@ -92,13 +103,16 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
             stats = monitor_collapse(encoder, monitor_images, device)
             monitor.append({"step": step, **stats})
             tracker.log_metrics(stats, step=step)
+        checkpoints.after_step(step, history, monitor)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
     bar.close()
+    checkpoints.finish()
     wall = time.perf_counter() - start
     final = monitor[-1]
-    result = SSLResult(cfg.method, cfg.max_steps, wall, cfg.max_steps * cfg.batch_size / wall, history[-1]["loss"],
-                       final["embedding_std"], final["effective_rank"], history, monitor)
+    trained_images = (cfg.max_steps - resumed_from) * cfg.batch_size
+    result = SSLResult(cfg.method, cfg.max_steps, wall, trained_images / wall, history[-1]["loss"],
+                       final["embedding_std"], final["effective_rank"], history, monitor, resumed_from)
     check_collapse(final, cfg, result)
     # BYOL/DINO evaluate the teacher (the EMA is the better encoder); SimSiam has only the one network
     return (teacher_encoder if uses_ema else encoder).eval(), result

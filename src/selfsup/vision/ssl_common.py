@@ -1,19 +1,32 @@
 """What the image self-supervised recipes share: batches from the unlabeled pool, the optimizer and its schedules,
-the collapse monitor, and the result. The training loops themselves live in one file per method family
-(``contrastive.py``: SimCLR, MoCo v2; ``self_distillation.py``: BYOL, SimSiam, DINO); ``selfsup.vision.stages.pretrain_ssl`` picks one.
+the collapse monitor, resumable checkpoints, and the result. The training loops themselves live in one file per
+method family (``contrastive.py``: SimCLR, MoCo v2; ``self_distillation.py``: BYOL, SimSiam, DINO);
+``selfsup.vision.stages.pretrain_ssl`` picks one.
+
+Resuming: every ``checkpoint_every`` steps a recipe saves every network it trains or updates (online, target/teacher,
+MoCo's queue, DINO's center), the optimizer, the global RNGs (the augmentations draw from torch's) and the history
+(``SSLCheckpoints``). A killed run restarted with the same configuration and pool continues from the last one: the
+batches are the same because ``pool_batches`` replays its seeded permutations up to the resumed step, so the final
+encoder equals an uninterrupted run's bit for bit on the same machine and thread count
+(``tests/vision/test_resume_ssl.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 from dataclasses import dataclass, field
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from selfsup.config import SSLPretrainConfig
+from selfsup.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from selfsup.config import SSLPretrainConfig, config_to_dict
 from selfsup.vision.model import collapse_statistics
 
 
@@ -37,22 +50,84 @@ class SSLResult:
     effective_rank: float
     history: list[dict] = field(default_factory=list)  # per logged step: step, loss, lr
     monitor: list[dict] = field(default_factory=list)  # per monitor point: step, embedding_std, effective_rank
+    resumed_from: int = 0  # the checkpoint's step this run continued from (0: started fresh)
 
 
-def pool_batches(pool: np.ndarray, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
-    """``steps`` batches ``uint8 [B, C, H, W]`` of the pool: a fresh seeded permutation per epoch, last partial
-    batch dropped (contrastive losses want full batches; MoCo's queue needs a fixed batch size)."""
+def pool_batches(pool: np.ndarray, batch_size: int, steps: int, seed: int, skip: int = 0) -> Iterator[torch.Tensor]:
+    """Batches ``uint8 [B, C, H, W]`` number ``skip + 1`` to ``steps`` of the pool: a fresh seeded permutation per
+    epoch, last partial batch dropped (contrastive losses want full batches; MoCo's queue needs a fixed batch size).
+    The ``skip`` batches of a resumed run are drawn but not copied, so the ones after are the uninterrupted run's."""
     if len(pool) < batch_size:
         raise ValueError(f"the pool has {len(pool)} images, fewer than one batch ({batch_size})")
     rng = np.random.default_rng(seed)
     produced = 0
-    while True:
+    while produced < steps:
         order = rng.permutation(len(pool))
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield torch.from_numpy(pool[np.sort(order[start : start + batch_size])])
+            if produced >= skip:
+                yield torch.from_numpy(pool[np.sort(order[start : start + batch_size])])
             produced += 1
             if produced == steps:
                 return
+
+
+def ssl_fingerprint(cfg: SSLPretrainConfig, pool: np.ndarray) -> str:
+    """What a checkpoint must match to be resumed: the configuration (minus paths, progress display and checkpoint
+    interval) and the pool's pixels."""
+    relevant = config_to_dict(cfg)
+    for key in ("out_dir", "metrics_dir", "checkpoint_every"):
+        relevant.pop(key)
+    relevant["loop"].pop("progress")
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    digest.update(str(pool.shape).encode() + str(pool.dtype).encode())
+    digest.update(np.ascontiguousarray(pool).data)
+    return digest.hexdigest()
+
+
+class SSLCheckpoints:
+    """The resumable checkpoints of one run in ``folder`` (``None``: no checkpoints, nothing resumed).
+
+    ``modules`` are every network whose state changes during training (trained, EMA-updated, or a buffer such as
+    MoCo's queue); their ``state_dict`` plus ``optimizer``, the RNGs, the step and the history make a checkpoint."""
+
+    def __init__(self, folder: Path | None, cfg: SSLPretrainConfig, pool: np.ndarray, modules: dict[str, nn.Module],
+                 optimizer: torch.optim.Optimizer, device: torch.device, say: Callable[[str], None] = print):
+        self.folder = Path(folder) if folder is not None else None
+        self.every, self.max_steps = cfg.checkpoint_every, cfg.max_steps
+        self.modules, self.optimizer, self.device, self.say = modules, optimizer, device, say
+        self.fingerprint = ssl_fingerprint(cfg, pool) if folder is not None else ""
+
+    def resume(self) -> tuple[int, list[dict], list[dict]]:
+        """Load the last checkpoint into the modules, optimizer and RNGs; ``(step, history, monitor)`` to continue
+        from (``(0, [], [])`` when there is none to resume)."""
+        if self.folder is None:
+            return 0, [], []
+        state = load_checkpoint(self.folder, self.fingerprint, self.say)
+        if state is None:
+            return 0, [], []
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"], self.device)
+        self.say(f"resuming pretraining from the checkpoint at step {state['step']}")
+        return state["step"], state["history"], state["monitor"]
+
+    def after_step(self, step: int, history: list[dict], monitor: list[dict]) -> None:
+        """Save a checkpoint when ``step`` is due (never after the last step: the finished encoder is the output)."""
+        if self.folder is None or step % self.every or step >= self.max_steps:
+            return
+        save_checkpoint(self.folder, {
+            "fingerprint": self.fingerprint, "step": step,
+            "modules": {name: module.state_dict() for name, module in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.device),
+            "history": history, "monitor": monitor,
+        })
+
+    def finish(self) -> None:
+        """The run completed: nothing is left to resume."""
+        if self.folder is not None:
+            for leftover in (self.folder, self.folder.with_name(self.folder.name + ".tmp")):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def make_optimizer(modules: list[nn.Module], cfg: SSLPretrainConfig) -> torch.optim.Optimizer:

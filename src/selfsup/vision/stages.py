@@ -50,17 +50,21 @@ def validate_stage(cfg: Config, params_file: Path):
 # ------------------------------------------------------------------------------------------------ pretrain_ssl
 
 
-def pretrain_ssl(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker):
+def pretrain_ssl(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker,
+                 checkpoint_dir: Path | None = None):
     """Pretrain an encoder on ``pool`` (``uint8 [N, C, H, W]``, no labels) with the recipe of ``cfg.method``;
-    returns ``(encoder, SSLResult)``. Raises ``CollapseError`` when the final embeddings collapsed."""
+    returns ``(encoder, SSLResult)``. Raises ``CollapseError`` when the final embeddings collapsed. With
+    ``checkpoint_dir``, resumes from and writes resumable checkpoints there."""
     from selfsup.vision import contrastive, self_distillation
 
     recipe = contrastive if cfg.method in contrastive.METHODS else self_distillation
-    return recipe.train(cfg, pool, device, tracker)
+    return recipe.train(cfg, pool, device, tracker, checkpoint_dir)
 
 
-def pretrain_stage(cfg: Config, params_file: Path) -> dict:
-    """Pretrain with ``vision.pretrain.method``; raises ``CollapseError`` (after logging) if the embeddings collapse."""
+def pretrain_stage(cfg: Config, params_file: Path,
+                   checkpoint_dir: Path | None = Path("checkpoints/pretrain_ssl")) -> dict:
+    """Pretrain with ``vision.pretrain.method``; raises ``CollapseError`` (after logging) if the embeddings collapse.
+    A run killed midway resumes from its last checkpoint in ``checkpoint_dir``."""
     from selfsup.vision.data import load_images
     from selfsup.vision.model import save_encoder
     from selfsup.vision.ssl_common import CollapseError
@@ -75,7 +79,7 @@ def pretrain_stage(cfg: Config, params_file: Path) -> dict:
         tracker.set_tags({"method": pc.method, "backbone": pc.backbone})
         cpu_start = time.process_time()  # CPU seconds: comparable across machines when other jobs share the cores
         try:
-            encoder, result = pretrain_ssl(pc, pool, device, tracker)
+            encoder, result = pretrain_ssl(pc, pool, device, tracker, checkpoint_dir)
         except CollapseError as err:
             if err.result is not None:
                 _write_pretrain_reports(err.result, metrics_dir, pool_images=len(pool), collapsed=True)
