@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test test-unit setup data serve orchestrate train-flow clean-venv
+.PHONY: run test test-unit setup data serve orchestrate train-flow deploy-pool worker clean-venv
 
 run: data  ## set up, materialize data/, then run the whole pipeline (dvc repro)
 	dvc repro
@@ -45,6 +45,20 @@ serve: setup  ## the inference service on http://127.0.0.1:8000: gate new regist
 
 orchestrate: setup  ## local Prefect server (127.0.0.1:4200) + the scheduled deployments (flows/deployments.py); Ctrl-C stops
 	python -m flows.deployments
+
+# Work pool path (docs/orchestration.md, "Work pools and workers"): a Prefect server elsewhere (PREFECT_API_URL), the
+# deployments of prefect.yaml registered once, and any number of machines running `make worker` (the pool name is
+# the one in prefect.yaml and docker/flows.Dockerfile).
+SELFSUP_PROJECT_DIR ?= $(CURDIR)
+
+deploy-pool: setup  ## create the `selfsup-process` work pool if missing and register prefect.yaml's deployments on PREFECT_API_URL
+	@test -n "$$PREFECT_API_URL" || { echo "PREFECT_API_URL is not set: point it at a running Prefect server, e.g. http://127.0.0.1:4200/api" >&2; exit 2; }
+	prefect work-pool inspect selfsup-process >/dev/null 2>&1 || prefect work-pool create selfsup-process --type process
+	prefect --no-prompt deploy --all
+
+worker: setup  ## a Prefect worker on the `selfsup-process` pool of PREFECT_API_URL, running flows in this checkout; Ctrl-C twice stops
+	@test -n "$$PREFECT_API_URL" || { echo "PREFECT_API_URL is not set: point it at a running Prefect server, e.g. http://127.0.0.1:4200/api" >&2; exit 2; }
+	SELFSUP_PROJECT_DIR=$(SELFSUP_PROJECT_DIR) prefect worker start --pool selfsup-process --type process
 
 train-flow: setup  ## one run of the training flow now: data, dvc repro stage by stage, quality gate, aliases
 	python -m flows.training

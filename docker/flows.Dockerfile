@@ -29,7 +29,8 @@ RUN useradd --create-home --uid 1000 selfsup && chown selfsup:selfsup /app
 USER selfsup
 ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 \
     DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true \
-    PREFECT_SERVER_ANALYTICS_ENABLED=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    PREFECT_SERVER_ANALYTICS_ENABLED=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    SELFSUP_PROJECT_DIR=/app
 # the worker of a `process` work pool (created with that type if it does not exist yet); deployments sent to the
 # pool `selfsup-process` run here
 CMD ["prefect", "worker", "start", "--pool", "selfsup-process", "--type", "process"]
