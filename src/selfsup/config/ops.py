@@ -184,6 +184,18 @@ class ServeConfig:
     max_body_bytes: int = option(1_048_576, help="largest request body accepted (bytes)", ge=1024)
     max_image_pixels: int = option(4_194_304, help="largest image accepted (width x height), against "
                                    "decompression bombs", ge=1)
+    # connection limits (hostile or broken clients): docs/serving.md "Limits"
+    head_timeout_seconds: float = option(10.0, help="a connection must send a whole request head (request line and "
+                                         "headers) within this many seconds of opening or of its previous answer, "
+                                         "else it is closed (idle or slow-header connections would be held forever)",
+                                         gt=0, le=3600)
+    max_head_bytes: int = option(65_536, help="largest request head (request line and headers) accepted; a larger "
+                                 "one gets 431 and the connection is closed", ge=1024, le=16_777_216)
+    body_timeout_seconds: float = option(10.0, help="the whole body must arrive within this many seconds of the "
+                                         "request head, else 408 (a Content-Length larger than the body sent)",
+                                         gt=0, le=3600)
+    keep_alive_seconds: int = option(5, help="an idle keep-alive connection is closed after this many seconds "
+                                     "(uvicorn's timeout_keep_alive)", ge=1, le=3600)
 
 
 @dataclass

@@ -7,11 +7,15 @@ for the batcher and the batch's results into a response. Batching (``selfsup.ser
 (``selfsup.serve.sources``), metrics and error handling live here once, for every endpoint.
 
 Every failure a client can cause is a 4xx with a JSON body ``{"error": "..."}`` saying what was wrong; a failure of
-ours is a 500 with the same shape and no stack trace (the trace goes to the log).
+ours is a 500 with the same shape and no stack trace (the trace goes to the log). A body over the limit is refused
+(413) before it is read, and a body that does not arrive in time gets 408; both close the connection, so the rest
+of such a body is never read. Connection-level limits (idle connections, huge request heads) are uvicorn's side:
+``selfsup.serve.build.uvicorn_config``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -29,6 +33,7 @@ from selfsup.monitoring.routing import needs_human
 from selfsup.serve.batching import BatchStats, Loaded, MicroBatcher, ModelSlot
 from selfsup.serve.inputs import TextRejected, check_text
 from selfsup.serve.runtime import ImageRejected, Ranked
+from selfsup.serve.sources import folder_problem
 
 log = logging.getLogger("selfsup.serve")
 
@@ -93,7 +98,9 @@ class ServiceMetrics:
 
 class _MeteredAndBounded:
     """Pure ASGI middleware (no per-request task like BaseHTTPMiddleware): counts and times every request by
-    endpoint and status, and refuses a declared body over the limit before it is read."""
+    endpoint and status, refuses a declared body over the limit before it is read, and closes the connection after
+    any answer given before the request's body was read to its end (uvicorn would otherwise read the rest of it,
+    however long, to discard it)."""
 
     def __init__(self, app, metrics: ServiceMetrics, max_body_bytes: int, known_paths: set[str]):
         self.app, self.metrics, self.max_body_bytes, self.known_paths = app, metrics, max_body_bytes, known_paths
@@ -105,52 +112,90 @@ class _MeteredAndBounded:
         endpoint = path if path in self.known_paths else "unknown"  # bounded label values
         status = 500
         started = time.perf_counter()
+        headers = dict(scope["headers"])
+        body_left = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+
+        async def receive_and_note():
+            nonlocal body_left
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_left = False
+            return message
 
         async def send_and_note(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if body_left and not any(name.lower() == b"connection" for name, _ in message.get("headers", [])):
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
-            declared = dict(scope["headers"]).get(b"content-length")
+            declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                # Connection: close, so that uvicorn drops the connection instead of reading the body to discard it
                 await _json_response(413, f"the body has {int(declared):,} bytes; the limit is "
-                                     f"{self.max_body_bytes:,} (serve.max_body_bytes)")(scope, receive, send_and_note)
+                                     f"{self.max_body_bytes:,} (serve.max_body_bytes)",
+                                     headers=CLOSE)(scope, receive, send_and_note)
             else:
-                await self.app(scope, receive, send_and_note)
+                await self.app(scope, receive_and_note, send_and_note)
         finally:
             self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
-def _json_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+class SafeJSONResponse(JSONResponse):
+    """JSON in UTF-8 that cannot fail on a lone surrogate. A JSON "\\ud800" escape in a request is a valid Python
+    str; should one ever reach a response (an error naming a field, say), it is written back as that same escape
+    instead of turning the answer into a 500 (Starlette's JSONResponse encodes with errors="strict")."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                          separators=(",", ":")).encode("utf-8", "backslashreplace")
+
+
+CLOSE = {"Connection": "close"}  # on 408/413: the rest of the body is not read, the connection goes
+
+
+def _json_response(status: int, message: str, headers: dict | None = None, **extra: Any) -> JSONResponse:
+    return SafeJSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 # ------------------------------------------------------------------------------------------------ request bodies
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing it (413) as soon as it passes ``limit`` — also when no Content-Length was sent."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The whole body, refusing it (413) as soon as it passes ``limit`` — also when no Content-Length was sent
+    (chunked) — and (408) when it has not all arrived ``timeout`` seconds after the request head."""
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the body is over the limit of {limit:,} bytes (serve.max_body_bytes)")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the body is over the limit of {limit:,} bytes (serve.max_body_bytes)")
+                chunks.append(chunk)
+    except TimeoutError:
+        declared = request.headers.get("content-length")
+        raise ApiError(408, f"the body did not arrive within {timeout:g} s (serve.body_timeout_seconds): got "
+                            f"{size:,} bytes" + (f" of the {int(declared):,} that Content-Length announced"
+                                                 if declared and declared.isdigit() else "")) from None
     return b"".join(chunks)
+
+
+async def read_settings_body(request: Request, settings: ServeConfig) -> bytes:
+    return await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
 
 
 def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, settings: ServeConfig) -> Any:
     if content_type(request) != "application/json":
         raise ApiError(415, f"send JSON with 'Content-Type: application/json' (got "
                             f"{content_type(request) or 'no content type'})")
-    body = await read_body(request, limit)
+    body = await read_settings_body(request, settings)
     try:
         text = body.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
@@ -159,6 +204,8 @@ async def read_json(request: Request, limit: int) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ApiError(400, f"the body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:  # [[[[...]]]] deeper than Python's recursion limit (about 1,000 levels)
+        raise ApiError(400, "the body is not acceptable JSON: it is nested too deeply") from None
 
 
 def validated(schema: type[BaseModel], payload: Any) -> BaseModel:
@@ -220,7 +267,7 @@ def checked_texts(text: str | list[str], settings: ServeConfig) -> list[str]:
     if not texts:
         raise ApiError(422, "invalid request: text: the list is empty")
     if len(texts) > settings.max_batch_items:
-        raise ApiError(422, f"invalid request: {len(texts)} texts; the limit is {settings.max_batch_items} "
+        raise ApiError(422, f"invalid request: {len(texts):,} texts; the limit is {settings.max_batch_items:,} "
                             "per request (serve.max_batch_items)")
     for i, item in enumerate(texts):
         try:
@@ -235,7 +282,7 @@ def text_endpoint(task: str, routing_task: str | None = None, min_confidence: fl
     (top probability under ``route.min_confidence``, the routing flow's rule)."""
 
     async def handle(request: Request, service: "Service") -> dict:
-        body = validated(TextRequest, await read_json(request, service.settings.max_body_bytes))
+        body = validated(TextRequest, await read_json(request, service.settings))
         texts = checked_texts(body.text, service.settings)
         model = service.slots[task].current.model
         probs, loaded = await service.score(task, model.prepare(texts))  # tokenized here, outside the batch
@@ -268,7 +315,7 @@ def search_endpoint(task: str, index: str) -> Endpoint:
                   "articles": ("/v1/similar", "the indexed articles (topic, opening text) closest to a text")}[index]
 
     async def handle(request: Request, service: "Service") -> dict:
-        body = validated(SearchRequest, await read_json(request, service.settings.max_body_bytes))
+        body = validated(SearchRequest, await read_json(request, service.settings))
         texts = checked_texts(body.text, service.settings)
         model = service.slots[task].current.model
         top_k = body.top_k or service.settings.top_k
@@ -291,7 +338,7 @@ def image_endpoint(task: str) -> Endpoint:
         if content_type(request) not in IMAGE_TYPES:
             raise ApiError(415, f"send the image as the body with Content-Type {' or '.join(IMAGE_TYPES)} (got "
                                 f"{content_type(request) or 'no content type'})")
-        data = await read_body(request, service.settings.max_body_bytes)
+        data = await read_settings_body(request, service.settings)
         if not data:
             raise ApiError(422, "invalid request: the body is empty")
         try:
@@ -337,9 +384,11 @@ class Service:
 
 def create_app(settings: ServeConfig, slots: dict[str, ModelSlot], endpoints: list[Endpoint],
                on_start: Callable[[Service], None] | None = None, on_stop: Callable[[], None] | None = None,
-               metrics: ServiceMetrics | None = None) -> FastAPI:
+               metrics: ServiceMetrics | None = None,
+               registry_status: Callable[[], dict | None] | None = None) -> FastAPI:
     """The FastAPI app serving ``endpoints`` from ``slots``. ``on_start(service)`` / ``on_stop()`` run when the
-    server starts and stops (``selfsup serve`` starts the registry watcher there)."""
+    server starts and stops (``selfsup serve`` starts the registry watcher there). ``registry_status()`` (the
+    watcher's) is shown by /readyz as ``registry``."""
     unknown = sorted({e.slot for e in endpoints} - set(slots))
     if unknown:
         raise ValueError(f"endpoints use model slots that are not loaded: {unknown}; loaded: {sorted(slots)}")
@@ -370,7 +419,7 @@ def create_app(settings: ServeConfig, slots: dict[str, ModelSlot], endpoints: li
     def add(endpoint: Endpoint) -> None:
         async def route(request: Request) -> Response:
             body = await endpoint.handle(request, service)
-            return JSONResponse(body, headers={"X-Model-Version": f"{body['model']}/{body['version']}"})
+            return SafeJSONResponse(body, headers={"X-Model-Version": f"{body['model']}/{body['version']}"})
 
         body_spec = ({"application/json": {"schema": endpoint.request_schema}} if endpoint.request_schema else
                      {t: {"schema": {"type": "string", "format": "binary"}} for t in endpoint.content_types})
@@ -384,12 +433,31 @@ def create_app(settings: ServeConfig, slots: dict[str, ModelSlot], endpoints: li
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="every model is loaded and the batchers run (503 otherwise)")
+    @app.get("/readyz", summary="every model is loaded and the batchers run (503 otherwise); `status` is "
+                                "'degraded' (still 200) when a model's folder changed or the registry cannot be read")
     async def readyz() -> Response:
-        models = {name: {"name": s.current.name, "version": s.current.version, "source": s.current.source}
-                  for name, s in slots.items()}
-        ready = bool(app.state.ready) and len(service.batchers) == len(slots)
-        return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
+        # 200 while every endpoint answers; what would break a restart or a reload is said, not turned into a 503
+        # (a 503 would take a replica that answers out of a load balancer)
+        models, problems = {}, []
+        for name, slot in slots.items():
+            loaded = slot.current
+            problem = folder_problem(loaded)
+            models[name] = {"name": loaded.name, "version": loaded.version, "source": loaded.source,
+                            "status": "ok" if problem is None else "degraded"}
+            if problem is not None:
+                models[name]["problem"] = problem
+                problems.append(f"{name}: {problem}")
+        body: dict[str, Any] = {"ready": bool(app.state.ready) and len(service.batchers) == len(slots)}
+        registry = registry_status() if registry_status is not None else None
+        if registry is not None and registry["status"] != "ok":
+            problems.append(f"registry: {registry['error'] or 'cannot be read'}; the served versions keep answering "
+                            "and the registry is read again every serve.poll_seconds")
+        body["status"] = ("ok" if not problems else "degraded") if body["ready"] else "not ready"
+        body["problems"] = problems
+        body["models"] = models
+        if registry is not None:
+            body["registry"] = registry
+        return SafeJSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/metrics", summary="Prometheus metrics (text exposition format)")
     async def prometheus() -> Response:
@@ -399,7 +467,8 @@ def create_app(settings: ServeConfig, slots: dict[str, ModelSlot], endpoints: li
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> Response:
-        return _json_response(err.status, err.message, **err.extra)
+        return _json_response(err.status, err.message, headers=CLOSE if err.status in (408, 413) else None,
+                              **err.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> Response:

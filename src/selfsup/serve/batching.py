@@ -29,6 +29,9 @@ class Loaded(Generic[Model]):
     name: str  # registered model name (or the folder's name when served from a local folder)
     version: str  # registry version, or "local"
     source: str  # models:/<name>@<alias> or the folder path
+    folder: str | None = None  # the export folder it was loaded from (checked while serving: /readyz)
+    # (relative path, bytes, mtime_ns) of every file in the folder when it was loaded, to notice later changes
+    files: tuple[tuple[str, int, int], ...] = ()
 
 
 class ModelSlot(Generic[Model]):

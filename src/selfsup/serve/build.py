@@ -3,14 +3,16 @@
     app = build_app(cfg)                              # the registry's `serve.alias` version of every task
     app = build_app(cfg, {"intent": Path("models/onnx/intent")})   # local export folders, no registry
     app = build_app(cfg, {"embedder": Path("models/onnx/embedder")})  # /v1/answer and /v1/similar
+    uvicorn.Server(uvicorn_config(app, cfg.serve)).run()   # what `selfsup serve` runs, with the connection limits
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
-from selfsup.config import EMBEDDER_TASK, IMAGE_TASK, Config
+from selfsup.config import EMBEDDER_TASK, IMAGE_TASK, Config, ServeConfig
 from selfsup.serve.batching import ModelSlot
 from selfsup.serve.sources import NothingToServe, RegistryWatcher, load_folder, resolve
 
@@ -62,7 +64,8 @@ def build_app(cfg: Config, folders: dict[str, Path] | None = None):
     metrics = ServiceMetrics()
     watcher = RegistryWatcher(cfg, slots, sources, metrics.on_reload)
     app = create_app(cfg.serve, slots, endpoints, metrics=metrics,
-                     on_start=lambda service: watcher.start(cfg.serve.poll_seconds), on_stop=watcher.stop)
+                     on_start=lambda service: watcher.start(cfg.serve.poll_seconds), on_stop=watcher.stop,
+                     registry_status=watcher.registry_status)
     app.state.watcher = watcher
     return app
 
@@ -78,3 +81,105 @@ def parse_model_args(values: list[str]) -> dict[str, Path]:
             raise NothingToServe(f"--model {value}: {folder} is not a folder")
         folders[task] = Path(folder)
     return folders
+
+
+# ------------------------------------------------------------------------------------------------ the HTTP server
+
+
+def guarded_protocol(head_timeout_seconds: float, max_head_bytes: int) -> type:
+    """uvicorn's httptools protocol with two limits it lacks: a connection must send a whole request head within
+    ``head_timeout_seconds`` of opening (or of its previous answer), and a head may not exceed ``max_head_bytes``.
+
+    Why: uvicorn arms its keep-alive timer only after a response, so a connection that never sends a request, or
+    sends its headers a byte at a time, is held forever; and httptools has no limit on a head's size (h11 has one:
+    ``h11_max_incomplete_event_size``; httptools is the faster parser and the one installed). A timed-out connection
+    that sent part of a head gets 408, a silent one is just closed; an oversized head gets 431. All close the
+    connection. These answers never reach the app, so ``selfsup_requests_total`` does not count them."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    def refusal(status: int, reason: str, message: str) -> bytes:
+        body = json.dumps({"error": message}).encode()
+        return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n").encode() + body
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_deadline = None
+            self._reading_body, self._answered = False, True  # no request yet
+            self._await_head()
+
+        def _await_head(self) -> None:
+            """From now on the connection owes a request head."""
+            self._awaiting_head, self._head_bytes = True, 0
+            self._cancel_head_deadline()
+            self._head_deadline = self.loop.call_later(head_timeout_seconds, self._head_timed_out)
+
+        def _await_head_if_idle(self) -> None:
+            # idle: the last request was read whole and answered (bytes of an unread body are not a head)
+            if self._answered and not self._reading_body and not self.transport.is_closing():
+                self._await_head()
+
+        def _cancel_head_deadline(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def _head_timed_out(self) -> None:
+            self._head_deadline = None
+            if not self._awaiting_head or self.transport.is_closing():
+                return
+            if self._head_bytes:
+                self.transport.write(refusal(408, "Request Timeout", f"the request head did not arrive within "
+                                             f"{head_timeout_seconds:g} s (serve.head_timeout_seconds)"))
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self._awaiting_head:
+                self._head_bytes += len(data)
+            super().data_received(data)  # on_headers_complete (below) ends the head
+            if self._awaiting_head and self._head_bytes > max_head_bytes and not self.transport.is_closing():
+                self._cancel_head_deadline()
+                self.transport.write(refusal(431, "Request Header Fields Too Large", f"the request head is over "
+                                             f"{max_head_bytes:,} bytes (serve.max_head_bytes)"))
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_head, self._reading_body, self._answered = False, True, False
+            self._cancel_head_deadline()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._reading_body = False
+            super().on_message_complete()
+            self._await_head_if_idle()
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # a request queued behind this one: its answer is still owed
+            super().on_response_complete()
+            if not pipelined:
+                self._answered = True
+                self._await_head_if_idle()
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's own answer to bytes that are no HTTP request is text/plain; every refusal here is JSON
+            self.transport.write(refusal(400, "Bad Request", f"not a valid HTTP request ({msg.rstrip('.')}); "
+                                         "the connection is closed"))
+            self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_head_deadline()
+            super().connection_lost(exc)
+
+    return GuardedHttpToolsProtocol
+
+
+def uvicorn_config(app, settings: ServeConfig, host: str | None = None, port: int | None = None, **kwargs):
+    """The uvicorn configuration ``selfsup serve`` runs ``app`` with: host and port (default ``serve.host``, which
+    is 127.0.0.1, and ``serve.port``) and the connection limits of ``serve`` (docs/serving.md "Limits").
+    ``kwargs`` go to ``uvicorn.Config`` (log_level, access_log, ...)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host or settings.host, port=port or settings.port,
+                          http=guarded_protocol(settings.head_timeout_seconds, settings.max_head_bytes),
+                          timeout_keep_alive=settings.keep_alive_seconds, **kwargs)

@@ -28,15 +28,15 @@ def check_text(text: object, max_chars: int | None = None, where: str = "text") 
     """Return ``text`` unchanged if a model may answer it, else raise ``TextRejected`` naming ``where`` and the rule."""
     if not isinstance(text, str):
         raise TextRejected(f"{where} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise TextRejected(f"{where} is empty or only whitespace")
-    if not has_visible_character(text):
-        raise TextRejected(f"{where} has only invisible characters (e.g. zero-width spaces or control characters)")
-    try:
+    try:  # first: a text of lone surrogates would otherwise be called "only invisible characters" (category Cs)
         text.encode("utf-8")
     except UnicodeEncodeError as err:  # a JSON "\ud800" escape decodes to a lone surrogate: not valid Unicode
         raise TextRejected(f"{where} is not valid Unicode: a lone surrogate (\\u{ord(text[err.start]):04x}) at "
                            f"character {err.start + 1:,}") from None
+    if not text.strip():
+        raise TextRejected(f"{where} is empty or only whitespace")
+    if not has_visible_character(text):
+        raise TextRejected(f"{where} has only invisible characters (e.g. zero-width spaces or control characters)")
     if max_chars is not None and len(text) > max_chars:
         raise TextRejected(f"{where} has {len(text):,} characters; the limit is {max_chars:,} (serve.max_chars)")
     return text

@@ -6,7 +6,11 @@ set yet it falls back to the newest version that passed the quality gate and say
 raises ``NothingToServe`` with the exact command to run. ``RegistryWatcher`` then polls the alias every
 ``serve.poll_seconds``: when it moves (a promotion or a rollback), the new version is downloaded, loaded and
 checked, then swapped in (``ModelSlot.swap``). A version that fails to load is logged and skipped; the old one keeps
-answering.
+answering. A registry that cannot be read is logged, counted and reported (``RegistryWatcher.registry_status``, shown
+by /readyz); the models keep answering.
+
+A served model lives in memory, so its folder may be deleted or damaged while it answers: ``folder_problem`` says
+so (for /readyz), because a restart, or a rollback to that version, would not find what is served now.
 
 MLflow owns the registry: everything here goes through ``selfsup.registry`` (imported lazily, so a service fed by
 local folders never imports mlflow).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,10 +43,57 @@ class Source:
     alias: str | None  # followed in the registry; None for a local folder
 
 
+def folder_files(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, bytes, mtime_ns) of every file under ``folder``, sorted: what ``folder_problem`` compares
+    against. Size and modification time, not a hash: a check costs a few ``stat`` calls, whatever the model's size."""
+    folder = Path(folder)
+    rows = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            rows.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return tuple(rows)
+
+
+def folder_problem(loaded: Loaded) -> str | None:
+    """Why the folder ``loaded`` came from no longer holds what it loaded (gone, files missing or changed), or None.
+    The model still answers from memory; the message says what a restart would run into."""
+    if loaded.folder is None:
+        return None
+    folder = Path(loaded.folder)
+    if not folder.is_dir():
+        return (f"its folder {folder} is gone; the model still answers from memory, but a restart could not load this "
+                "version from there")
+    then = {name: (size, mtime) for name, size, mtime in loaded.files}
+    try:
+        now = {name: (size, mtime) for name, size, mtime in folder_files(folder)}
+    except OSError as err:  # a file removed between listing and stat, or an unreadable folder
+        return f"its folder {folder} cannot be read ({err}); the model still answers from memory"
+    missing = sorted(set(then) - set(now))
+    changed = sorted(name for name in set(then) & set(now) if then[name] != now[name])
+    if not missing and not changed:
+        return None
+    said = []
+    if missing:
+        said.append(f"{len(missing)} file(s) missing ({', '.join(missing[:5])})")
+    if changed:
+        said.append(f"{len(changed)} file(s) changed since it was loaded (" + ", ".join(
+            f"{name}: {then[name][0]:,} -> {now[name][0]:,} bytes" for name in changed[:5]) + ")")
+    return (f"its folder {folder} no longer holds what was loaded: {'; '.join(said)}; the model still answers from "
+            "memory, but a restart would load something else or fail")
+
+
+def _load(folder: Path, name: str, version: str, source: str, intra_op_threads: int,
+          max_batch_tokens: int) -> Loaded:
+    files = folder_files(folder)  # before loading: a change during the load shows up as a change afterwards
+    return Loaded(load_model(folder, intra_op_threads, max_batch_tokens), name, version, source,
+                  str(folder.resolve()), files)
+
+
 def load_folder(task: str, folder: Path, intra_op_threads: int = 1, max_batch_tokens: int = 1024) -> Loaded:
     """A local export folder, served under the task's name with the version "local"."""
     folder = Path(folder)
-    return Loaded(load_model(folder, intra_op_threads, max_batch_tokens), task, "local", str(folder.resolve()))
+    return _load(folder, task, "local", str(folder.resolve()), intra_op_threads, max_batch_tokens)
 
 
 def _fetch(cfg: Config, task: str, version: int) -> Path:
@@ -73,8 +125,7 @@ def resolve(cfg: Config, task: str) -> tuple[Loaded, Source]:
     version = int(chosen["version"])
     folder = _fetch(cfg, task, version)
     where = f"models:/{name}@{alias}" if alias in chosen["aliases"] else f"models:/{name}/{version} (no {alias} yet)"
-    loaded = Loaded(load_model(folder, cfg.serve.intra_op_threads, cfg.serve.max_batch_tokens), name, str(version),
-                    where)
+    loaded = _load(folder, name, str(version), where, cfg.serve.intra_op_threads, cfg.serve.max_batch_tokens)
     return loaded, Source(task, name, alias)
 
 
@@ -87,6 +138,11 @@ class RegistryWatcher:
         self.sources = {task: s for task, s in sources.items() if s.alias is not None}
         self.on_reload = on_reload  # (task, new Loaded or None, outcome) for /metrics
         self._failed: dict[str, int] = {}  # task -> version that failed to load; retried only if the alias moves
+        self._status_lock = threading.Lock()
+        self._last_ok: float | None = time.time()  # the start-up read (resolve) succeeded, or there is no registry
+        self._failing_since: float | None = None
+        self._last_error: str | None = None
+        self._failed_reads = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -101,16 +157,17 @@ class RegistryWatcher:
             except Exception as err:  # an unreachable store: keep serving, try again next poll
                 log.warning("cannot read %s@%s from the registry (%s); still serving v%s", source.name,
                             source.alias, err, self.slots[task].current.version)
+                self._note_registry(f"{type(err).__name__}: {err}")
                 self._report(task, None, "registry_error")
                 continue
+            self._note_registry(None)
             current = self.slots[task].current
             if version is None or str(version) == current.version or self._failed.get(task) == version:
                 continue
             try:
                 folder = _fetch(self.cfg, task, version)
-                loaded = Loaded(load_model(folder, self.cfg.serve.intra_op_threads,
-                                           self.cfg.serve.max_batch_tokens), source.name, str(version),
-                                f"models:/{source.name}@{source.alias}")
+                loaded = _load(folder, source.name, str(version), f"models:/{source.name}@{source.alias}",
+                               self.cfg.serve.intra_op_threads, self.cfg.serve.max_batch_tokens)
             except (ModelLoadError, OSError, RuntimeError) as err:
                 self._failed[task] = version
                 log.error("%s@%s moved to v%s, which cannot be served (%s); still serving v%s", source.name,
@@ -123,6 +180,34 @@ class RegistryWatcher:
             self._report(task, loaded, "swapped")
             swapped.append(task)
         return swapped
+
+    def _note_registry(self, error: str | None) -> None:
+        with self._status_lock:
+            if error is None:
+                if self._failing_since is not None:
+                    log.info("the registry answers again (it could not be read for %.0f s)",
+                             time.time() - self._failing_since)
+                self._last_ok, self._failing_since, self._last_error = time.time(), None, None
+            else:
+                self._failing_since = self._failing_since or time.time()
+                self._last_error = error[:500]  # an HTML error page from a proxy can be long
+                self._failed_reads += 1
+
+    def registry_status(self) -> dict | None:
+        """What /readyz says about the registry: None when no served model follows one (``--model`` folders), else
+        ``status`` ("ok" or "unreachable"), the last ``error``, ``failing_for_seconds``, ``last_ok_seconds_ago`` and
+        ``failed_reads`` (since start). A poll blocked on a dead server shows as a growing ``last_ok_seconds_ago``
+        before its error arrives (MLflow retries: MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT)."""
+        if not self.sources:
+            return None
+        now = time.time()
+        with self._status_lock:
+            return {"status": "ok" if self._failing_since is None else "unreachable",
+                    "error": self._last_error,
+                    "failing_for_seconds": None if self._failing_since is None else round(now - self._failing_since, 1),
+                    "last_ok_seconds_ago": None if self._last_ok is None else round(now - self._last_ok, 1),
+                    "poll_seconds": self.cfg.serve.poll_seconds,
+                    "failed_reads": self._failed_reads}
 
     def _report(self, task: str, loaded: Loaded | None, outcome: str) -> None:
         if self.on_reload is not None:
