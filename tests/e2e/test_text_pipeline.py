@@ -63,8 +63,9 @@ def test_every_stage_produced_its_outputs(repo):
         assert (repo / f"artifacts/evaluate/{task}/loss_curves.png").exists()
         exported = json.loads((repo / f"artifacts/export/{task}/metrics.json").read_text())
         assert exported["label_agreement"] >= 0.999 and exported["max_abs_logit_diff"] < 1e-3
+        other_precision = {"int8": "model.fp32.onnx", "fp32": "model.int8.onnx"}[exported["serve_precision"]]
         assert {p.name for p in (repo / f"models/onnx/{task}").iterdir()} == {
-            "model.onnx", "tokenizer.json", "labels.json", "export.json"}
+            "model.onnx", other_precision, "tokenizer.json", "labels.json", "export.json"}
     assert not (repo / "mlruns").exists(), "MLflow must write under mlflow/, not ./mlruns"
     efficiency = json.loads((repo / "artifacts/label_efficiency/metrics.json").read_text())
     for task in TASKS:  # the tiny preset: 10 % and 100 % of the labels, one seed; 100 % is evaluate's own score
@@ -302,6 +303,7 @@ def test_serve_answers_after_the_gate_and_says_what_to_run_before(repo):
     ("benchmarks/text_label_efficiency.py", ["--tasks", "intent"]),
     ("benchmarks/self_training.py", ["--task", "intent"]),
     ("benchmarks/serve_load.py", []),
+    ("benchmarks/inference.py", []),
 ])
 def test_benchmark_runs_on_the_tiny_setting(repo, tmp_path, script, extra):
     """Each benchmark's --quick run on the pipeline's tiny models: it finishes and ends with its JSON line."""
@@ -313,6 +315,10 @@ def test_benchmark_runs_on_the_tiny_setting(repo, tmp_path, script, extra):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     if "serve_load" in script:
         assert summary["errors"] == 0 and summary["rps"] > 0 and summary["rps_unbatched"] > 0
+    elif "inference" in script:
+        assert {"ratio_ort_fp32_b1", "ratio_ort_fp32_b64", "ratio_ort_int8_b1", "ratio_ort_int8_b64"} <= set(summary)
+        assert all(summary[key] > 0 for key in ("ratio_ort_fp32_b1", "ratio_ort_int8_b64"))
+        assert -100 <= summary["accuracy_drop_int8_pt"] <= 100 and summary["texts"] == 64
     elif "label_efficiency" in script:
         assert set(summary["intent"]) == {"0.1", "1"}
         assert {"pretrained", "scratch", "classical", "error_ratio_scratch"} <= set(summary["intent"]["0.1"])

@@ -7,12 +7,13 @@ import torch
 
 from selfsup.config import ModelConfig
 from selfsup.onnx_parity import ExportParityError
-from selfsup.text.export import export_classifier
+from selfsup.text.export import Int8Gate, export_classifier
 from selfsup.text.model import classifier_from_scratch
 from selfsup.text.tokenizer import load_tokenizer
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["@united thanks for nothing, 3 hours on the tarmac", "the senate met today", "great crew!", "ok", "a " * 80]
+GOLD = ["negative", "neutral", "positive", "neutral", "neutral"]
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,91 @@ def test_predict_cli_serves_without_torch(model_dir, tmp_path):
     stdin = subprocess.run([sys.executable, "-m", "selfsup.cli", "predict", "--model", str(out)],
                            input="one\ntwo\n", capture_output=True, text=True)
     assert stdin.returncode == 0 and len(stdin.stdout.splitlines()) == 2
+
+
+def _ops(path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.slow  # a real torch.onnx export, quantization and two graph rewrites: ~6 s
+def test_int8_that_passes_its_check_is_served_as_model_onnx(model_dir, tmp_path):
+    out = tmp_path / "onnx"
+    result = export_classifier(model_dir, LABELS, TEXTS, 64, out, 18, 1.0, 1e-4, ort_fusion=True, test_labels=GOLD,
+                               int8=Int8Gate("auto", min_label_agreement=1.0, max_abs_logit_diff=1.0,
+                                             max_accuracy_drop=0.0))
+    assert result.serve_precision == "int8"
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.json", "model.fp32.onnx", "model.onnx",
+                                                     "tokenizer.json"]
+    assert "MatMulInteger" in _ops(out / "model.onnx") and "MatMulInteger" not in _ops(out / "model.fp32.onnx")
+    assert "Attention" in _ops(out / "model.fp32.onnx")  # the FP32 graph is the fused one, as without int8
+    meta = json.loads((out / "export.json").read_text())
+    fp32, int8 = meta["precisions"]["fp32"], meta["precisions"]["int8"]
+    assert meta["serve_precision"] == "int8" and (fp32["file"], int8["file"]) == ("model.fp32.onnx", "model.onnx")
+    assert int8["passed"] and int8["failures"] == [] and int8["quantized_matmuls"] >= 6  # 4 Q/K/V/out + 2 FFN + head
+    assert int8["label_agreement"] == 1.0 and 0 < int8["max_abs_logit_diff"] <= 1.0
+    assert int8["accuracy"] == fp32["accuracy"] == meta["pytorch_scores"]["accuracy"]
+    assert 0 <= int8["macro_f1"] <= 1 and fp32["macro_f1"] == meta["pytorch_scores"]["macro_f1"]
+    assert meta["onnx_bytes"] == (out / "model.onnx").stat().st_size < fp32["onnx_bytes"]
+    # the FP32 parity gate's numbers stay those of the FP32 graph (the registry gate reads them)
+    assert meta["label_agreement"] == 1.0 and meta["max_abs_logit_diff"] < 1e-4
+    from selfsup.serve.predict import OnnxClassifier
+
+    served = [p.label for p in OnnxClassifier(out).predict(TEXTS)]  # the INT8 graph, through the serving code
+    assert served == [LABELS[i] for i in _pytorch_logits(model_dir).argmax(-1)]
+
+
+def _pytorch_logits(model_dir):
+    from selfsup.text.model import load_classifier, predict_logits
+
+    return predict_logits(load_classifier(model_dir), load_tokenizer(model_dir), TEXTS, 64, torch.device("cpu"))
+
+
+@pytest.mark.slow  # a real torch.onnx export and quantization: ~5 s
+def test_int8_that_fails_its_check_falls_back_to_fp32(model_dir, tmp_path):
+    """int8 rounding moves logits by far more than 1e-9, so that bound cannot hold: model.onnx must be FP32."""
+    out = tmp_path / "onnx"
+    result = export_classifier(model_dir, LABELS, TEXTS, 64, out, 18, 1.0, 1e-4, test_labels=GOLD,
+                               int8=Int8Gate("auto", max_abs_logit_diff=1e-9))
+    assert result.serve_precision == "fp32"
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.json", "model.int8.onnx", "model.onnx",
+                                                     "tokenizer.json"]
+    assert "MatMulInteger" not in _ops(out / "model.onnx") and "MatMulInteger" in _ops(out / "model.int8.onnx")
+    meta = json.loads((out / "export.json").read_text())
+    int8 = meta["precisions"]["int8"]
+    assert meta["serve_precision"] == "fp32" and meta["precisions"]["fp32"]["file"] == "model.onnx"
+    assert int8["file"] == "model.int8.onnx" and not int8["passed"] and int8["max_abs_logit_diff"] > 1e-9
+    assert len(int8["failures"]) == 1 and "int8_max_abs_logit_diff" in int8["failures"][0]
+
+
+@pytest.mark.slow  # a real torch.onnx export and quantization: ~5 s
+def test_int8_required_but_failing_fails_the_export(model_dir, tmp_path):
+    out = tmp_path / "onnx"
+    with pytest.raises(ExportParityError, match="INT8 check failed .*int8_max_abs_logit_diff"):
+        export_classifier(model_dir, LABELS, TEXTS, 64, out, 18, 1.0, 1e-4, test_labels=GOLD,
+                          int8=Int8Gate("int8", max_abs_logit_diff=1e-9))
+    assert not out.exists() and not (tmp_path / "onnx.tmp").exists()
+
+
+def test_int8_needs_test_labels_and_a_known_precision(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="pass test_labels"):
+        export_classifier(model_dir, LABELS, TEXTS, 64, tmp_path / "x", 18, 0.999, 1e-3, int8=Int8Gate())
+    with pytest.raises(ValueError, match="not among the declared labels"):
+        export_classifier(model_dir, LABELS, TEXTS, 64, tmp_path / "x", 18, 0.999, 1e-3,
+                          test_labels=["negative", "neutral", "positive", "neutral", "angry"], int8=Int8Gate())
+    with pytest.raises(ValueError, match="serve_precision must be one of"):
+        Int8Gate("int4")
+    assert not (tmp_path / "x").exists()
+
+
+def test_int8_gate_comes_from_the_export_config(repo_root):
+    from selfsup.config import ConfigError, load_config
+
+    gate = Int8Gate.of(load_config(repo_root / "params.yaml", ["export.serve_precision=fp32",
+                                                                "export.int8_max_accuracy_drop=0.01"]).export)
+    assert (gate.serve_precision, gate.max_accuracy_drop) == ("fp32", 0.01)
+    with pytest.raises(ConfigError, match="export.serve_precision: must be one of"):
+        load_config(repo_root / "params.yaml", ["export.serve_precision=int4"])
+    with pytest.raises(ConfigError, match="export.int8_min_label_agreement"):
+        load_config(repo_root / "params.yaml", ["export.int8_min_label_agreement=1.5"])

@@ -225,19 +225,23 @@ def export_stage(cfg: Config, params_file: Path, task: str):
     """ONNX export of ``task``'s pretrained classifier; raises ``ExportParityError`` (nothing written) on a
     mismatch with PyTorch."""
     from selfsup.text.data import read_labelled
-    from selfsup.text.export import export_classifier
+    from selfsup.text.export import Int8Gate, export_classifier
     from selfsup.tracking import open_run
 
     spec, task_cfg = task_spec(cfg, task)
-    texts, _ = read_labelled(Path(spec.dir) / "test.csv")
+    texts, gold = read_labelled(Path(spec.dir) / "test.csv")
     out_dir = Path(cfg.export.out_dir) / task
     result = export_classifier(Path(task_cfg.out_dir) / task / "pretrained", spec.labels, texts, task_cfg.max_length,
                                out_dir, cfg.export.opset, cfg.export.min_label_agreement,
-                               cfg.export.max_abs_logit_diff, ort_fusion=cfg.export.ort_fusion)
+                               cfg.export.max_abs_logit_diff, ort_fusion=cfg.export.ort_fusion, test_labels=gold,
+                               int8=Int8Gate.of(cfg.export))
     write_json(Path("artifacts/export") / task / "metrics.json", asdict(result))
     with open_run(cfg, "export", params_file, cfg.export, task=task) as tracker:
         tracker.log_metrics({"onnx_max_abs_logit_diff": result.max_abs_logit_diff,
-                             "onnx_label_agreement": result.label_agreement})
+                             "onnx_label_agreement": result.label_agreement,
+                             "onnx_serves_int8": float(result.serve_precision == "int8"),
+                             **{f"onnx_{precision}_{key}": report[key] for precision, report in
+                                result.precisions.items() for key in ("accuracy", "macro_f1", "label_agreement")}})
     return result
 
 
