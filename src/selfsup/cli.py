@@ -691,6 +691,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # params errors that need the machine or the data (a GPU preset on a CPU, a batch larger than the data):
+        # rejected before the stage does any work
+        from selfsup.config.preflight import check_stage_start
+
+        check_stage_start(args.func.__name__, getattr(args, "params", "params.yaml"), getattr(args, "overrides", []),
+                          getattr(args, "task", None))
         return args.func(args)
     except ConfigError as err:
         _print_err(f"configuration error: {err}")

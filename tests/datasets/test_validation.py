@@ -183,7 +183,8 @@ def test_every_declared_rule_has_a_broken_fixture():
     covered = {b.__name__ for b in BREAKERS}
     rules = {r.name for r in RULES}
     expected = {"label_in_set", "non_empty", "length_bounds", "utf8", "well_formed", "duplicate_rate",
-                "split_leakage", "no_test_text_in_corpus", "min_per_class"}
+                "split_leakage", "no_test_text_in_corpus", "min_per_class",
+                "no_nul"}  # its broken fixtures: tests/datasets/test_bad_data.py (nul_byte.csv, nul_byte.jsonl)
     assert rules == expected, "a new rule needs a broken fixture below"
     assert len(covered) == len(BREAKERS)
 

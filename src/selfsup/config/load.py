@@ -10,6 +10,7 @@ a value out of range raises ``ConfigError`` naming the key path (``validate.corp
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class Config:
 # --------------------------------------------------------------------------------------------------- loading
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Turn a YAML value into ``tp``, or raise ConfigError naming ``path``."""
     origin = typing.get_origin(tp)
@@ -112,6 +116,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), path, f"expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; it means the number
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), path, f"expected a number, got {value!r}")
         return float(value)
     if tp is str:

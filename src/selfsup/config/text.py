@@ -150,6 +150,8 @@ class SimCSEConfig:
 
     def check(self, path: str) -> None:
         _check(self.warmup_steps < self.max_steps, f"{path}.warmup_steps", f"must be < max_steps ({self.max_steps})")
+        _check(self.batch_size <= self.max_texts, f"{path}.batch_size",
+               f"must be <= max_texts ({self.max_texts}): a batch larger than the data, got {self.batch_size}")
 
 
 # the indexes the exported embedder carries: served name -> folder the retrieval stage writes under retrieval.out_dir
@@ -227,6 +229,12 @@ class FinetuneTaskConfig:
     out_dir: Path = option(Path("models/finetune"), help="where the two classifiers go (<out_dir>/<task>/...)")
     self_training: SelfTrainingConfig = option(default_factory=SelfTrainingConfig,
                                                help="semi-supervised fine-tuning of the pretrained arm")
+
+    def check(self, path: str) -> None:
+        # the data size itself is checked when the stage starts (selfsup.config.preflight)
+        _check(not self.max_train_examples or self.batch_size <= self.max_train_examples, f"{path}.batch_size",
+               f"must be <= max_train_examples ({self.max_train_examples}): a batch larger than the data, "
+               f"got {self.batch_size}")
 
 
 CLASSICAL_FEATURES = ("word", "char", "word+char")

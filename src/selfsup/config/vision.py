@@ -127,11 +127,11 @@ class SSLEvaluateConfig:
                                                "(1.0 trains the exported probe)", nonempty=True, gt=0, le=1,
                                           contains=1.0)
     probe_epochs: int = option(30, help="linear-probe epochs (full-batch-free AdamW on cached features)", ge=1)
-    probe_learning_rate: float = option(1e-2, help="linear-probe learning rate")
+    probe_learning_rate: float = option(1e-2, help="linear-probe learning rate", gt=0)
     supervised_steps: int = option(300, help="optimizer steps of the supervised-from-scratch baseline per fraction",
                                    ge=1)
     supervised_batch_size: int = option(64, help="images per step of the supervised-from-scratch baseline", ge=1)
-    supervised_learning_rate: float = option(2e-3, help="supervised baseline peak AdamW learning rate")
+    supervised_learning_rate: float = option(2e-3, help="supervised baseline peak AdamW learning rate", gt=0)
     tsne_images: int = option(1500, help="held-out images in the 2-D t-SNE plot (0 = no plot)")
     out_dir: Path = option(Path("artifacts/evaluate_ssl"), help="metrics.json, plots and the probe")
     probe_path: Path = option(Path("models/ssl_probe/probe.pt"), help="the 100%-labels linear probe (for export)")
@@ -159,3 +159,10 @@ class VisionConfig:
     pretrain: SSLPretrainConfig = option(default_factory=SSLPretrainConfig, help="the pretrain_ssl stage")
     evaluate: SSLEvaluateConfig = option(default_factory=SSLEvaluateConfig, help="the evaluate_ssl stage")
     export: SSLExportConfig = option(default_factory=SSLExportConfig, help="the export_ssl stage")
+
+    def check(self, path: str) -> None:
+        # the pool's real size is checked when the stage starts (selfsup.config.preflight)
+        limit = self.data.max_pretrain_images
+        _check(not limit or self.pretrain.batch_size <= limit, f"{path}.pretrain.batch_size",
+               f"must be <= data.max_pretrain_images ({limit}): a batch larger than the data, "
+               f"got {self.pretrain.batch_size}")

@@ -41,7 +41,8 @@ class Rule:
 
 
 def _length(rules: TableRules, _: list[str]) -> dict[str, Any]:
-    return {"column": "text", "min_value": rules.min_chars, "max_value": rules.max_chars}
+    # on the derived length column rather than the texts: Great Expectations never holds a 10 MB text
+    return {"column": "text_length", "min_value": rules.min_chars, "max_value": rules.max_chars}
 
 
 def _duplicate_rate(rules: TableRules, _: list[str]) -> dict[str, Any]:
@@ -50,12 +51,16 @@ def _duplicate_rate(rules: TableRules, _: list[str]) -> dict[str, Any]:
 
 _TEXT_RULES = (
     ("well_formed", "ExpectColumnValuesToBeInSet", lambda r, _: {"column": "well_formed", "value_set": [True]},
-     "the row cannot be parsed (invalid JSON line, or a CSV row with the wrong number of fields)", "raw"),
+     "the row cannot be parsed (not a JSON object with a string source and text, or a CSV row with the wrong "
+     "number of fields)", "raw"),
     ("non_empty", "ExpectColumnValuesToNotBeNull", lambda r, _: {"column": "text_nonblank"},
-     "the text is missing or only whitespace", "text"),
+     "the text is missing or only whitespace and invisible characters (zero-width, format or control)", "text"),
     ("utf8", "ExpectColumnValuesToBeInSet", lambda r, _: {"column": "utf8_valid", "value_set": [True]},
      "the bytes are not valid UTF-8", "text"),
-    ("length_bounds", "ExpectColumnValueLengthsToBeBetween", _length,
+    ("no_nul", "ExpectColumnValuesToBeInSet", lambda r, _: {"column": "no_nul", "value_set": [True]},
+     "the text contains a NUL character (U+0000), which tokenizers and C-based tools treat as the end of text",
+     "text"),
+    ("length_bounds", "ExpectColumnValuesToBeBetween", _length,
      "the text length is outside [min_chars, max_chars]", "text"),
     ("duplicate_rate", "ExpectColumnValuesToBeInSet", _duplicate_rate,
      "the text repeats an earlier row (case/space-insensitive) and the duplicate rate exceeds max_duplicate_rate",
