@@ -105,16 +105,22 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def export_onnx(model, path: Path, max_length: int, opset: int) -> None:
-    """torch.export-based ONNX export with dynamic batch and sequence axes, weights inside the one file."""
-    wrapper = _LogitsOnly(model.eval()).eval()
+def export_text_graph(module: torch.nn.Module, path: Path, output: str, max_length: int, opset: int) -> None:
+    """torch.export-based ONNX export of ``module(input_ids, attention_mask)`` [B, L] -> ``output``, with dynamic
+    batch and sequence axes, weights inside the one file."""
+    wrapper = module.eval()
     example = torch.full((2, 8), 5, dtype=torch.long)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=max_length)
     torch.onnx.export(
         wrapper, (example, torch.ones_like(example)), str(path), input_names=["input_ids", "attention_mask"],
-        output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        output_names=[output], dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
         external_data=False, opset_version=opset, verbose=False,
     )
+
+
+def export_onnx(model, path: Path, max_length: int, opset: int) -> None:
+    """The classifier's graph: ``(input_ids, attention_mask) -> logits`` (``export_text_graph``)."""
+    export_text_graph(_LogitsOnly(model.eval()), path, "logits", max_length, opset)
 
 
 def fuse_for_onnxruntime(path: Path) -> dict[str, int]:

@@ -58,18 +58,6 @@ class _UnitMeanPooled(torch.nn.Module):
         return torch.nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
 
 
-def _export_graph(encoder, path: Path, max_length: int, opset: int) -> None:
-    """torch.export-based ONNX export with dynamic batch and sequence axes, weights inside the one file."""
-    wrapper = _UnitMeanPooled(encoder.eval()).eval()
-    example = torch.full((2, 8), 5, dtype=torch.long)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=max_length)
-    torch.onnx.export(
-        wrapper, (example, torch.ones_like(example)), str(path), input_names=["input_ids", "attention_mask"],
-        output_names=["sentence_embedding"], dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-        external_data=False, opset_version=opset, verbose=False,
-    )
-
-
 def export_embedder(encoder_dir: Path, index_dir: Path, out_dir: Path, queries: dict[str, list[str]],
                     max_length: int, chunk_words: int, max_chunks: int, opset: int, ort_fusion: bool,
                     min_top1_agreement: float, max_abs_diff: float) -> EmbedderExportResult:
@@ -79,7 +67,7 @@ def export_embedder(encoder_dir: Path, index_dir: Path, out_dir: Path, queries: 
 
     from selfsup.fileio import replace_dir, staging_dir
     from selfsup.serve.runtime import EmbedderModel
-    from selfsup.text.export import fuse_for_onnxruntime
+    from selfsup.text.export import export_text_graph, fuse_for_onnxruntime
     from selfsup.text.retrieval import EncoderEmbedder, VectorIndex
 
     unknown = sorted(set(queries) - set(INDEXES))
@@ -87,7 +75,8 @@ def export_embedder(encoder_dir: Path, index_dir: Path, out_dir: Path, queries: 
         raise ValueError(f"parity queries for unknown indexes {unknown}; the indexes are {sorted(INDEXES)}")
     reference = EncoderEmbedder("simcse", Path(encoder_dir), max_length, chunk_words, max_chunks)
     tmp = staging_dir(Path(out_dir))
-    _export_graph(reference.encoder, tmp / "model.onnx", max_length, opset)
+    export_text_graph(_UnitMeanPooled(reference.encoder.eval()), tmp / "model.onnx", "sentence_embedding", max_length,
+                      opset)
     onnx.checker.check_model(str(tmp / "model.onnx"))
     fusions = fuse_for_onnxruntime(tmp / "model.onnx") if ort_fusion else {}
     reference.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
