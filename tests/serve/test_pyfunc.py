@@ -2,11 +2,9 @@
 code path in a real SQLite MLflow store, then loaded by plain MLflow clients in other processes — the Python API
 (on a path where selfsup is not importable, so only what the registry holds is used) and `mlflow models serve`."""
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import INTENT_LABELS, free_port
+from deploy.background import stop
 from selfsup.serve.inputs import TextRejected
 from selfsup.serve.pyfunc import MODEL_ARTIFACT, TextClassifier, texts_of
 from selfsup.serve.predict import OnnxClassifier
@@ -197,16 +196,4 @@ def test_mlflow_models_serve_answers_invocations_with_labels(registry):
         status, body = _post(url, {"inputs": [TEXTS[0], "\u200b"]})
         assert status == 400 and "text 2 has only invisible characters" in body["message"]
     finally:
-        _stop(server)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """Stop the server's whole process group (uvicorn included), forcibly if it does not stop in 20 s."""
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):  # the group is already gone
-            os.killpg(server.pid, sig)
-        try:
-            server.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        stop(server)
