@@ -12,10 +12,15 @@ Two kinds of real data:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -299,3 +304,57 @@ def tiny_onnx_embedder(tiny_mlm_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "embedder"
     export_tiny_embedder(tiny_mlm_dir, out)
     return out
+
+
+class LiveServer:
+    """`build_app(cfg)` under a real uvicorn on 127.0.0.1 in a thread, with `selfsup serve`'s uvicorn settings."""
+
+    def __init__(self, cfg):
+        import uvicorn
+
+        from selfsup.serve.build import build_app, uvicorn_config
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn_config(build_app(cfg), cfg.serve, port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    def post(self, text: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/intent", data=json.dumps(
+            {"text": text}).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())["version"]
+        except urllib.error.HTTPError as err:
+            return err.code, ""
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def readyz(self) -> tuple[int, dict]:
+        status, body = self.get("/readyz")
+        return status, json.loads(body)
+
+    def wait_for(self, condition, what: str, seconds: float = 30):
+        deadline = time.time() + seconds
+        while True:
+            value = condition()
+            if value:
+                return value
+            assert time.time() < deadline, f"never happened: {what}"
+            time.sleep(0.1)

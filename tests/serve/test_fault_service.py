@@ -3,17 +3,14 @@ A real uvicorn on 127.0.0.1 (configured as `selfsup serve` configures it), real 
 (SQLite store) that the service follows every 0.2 s; the registry is made unreachable by pointing
 MLFLOW_TRACKING_URI at a port where nothing listens."""
 
-import json
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import export_tiny_classifier, free_port
+from conftest import LiveServer, export_tiny_classifier, free_port
 from selfsup.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,60 +40,6 @@ def registry(tiny_tokenizer_dir, tmp_path_factory):
     _make_champion(cfg, "selfsup-intent", 1, "test")
     yield cfg
     mp.undo()
-
-
-class LiveServer:
-    """`build_app(cfg)` under a real uvicorn on 127.0.0.1 in a thread, with `selfsup serve`'s uvicorn settings."""
-
-    def __init__(self, cfg):
-        import uvicorn
-
-        from selfsup.serve.build import build_app, uvicorn_config
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn_config(build_app(cfg), cfg.serve, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(15)
-
-    def post(self, text: str) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/intent", data=json.dumps(
-            {"text": text}).encode(), headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())["version"]
-        except urllib.error.HTTPError as err:
-            return err.code, ""
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-
-    def readyz(self) -> tuple[int, dict]:
-        status, body = self.get("/readyz")
-        return status, json.loads(body)
-
-    def wait_for(self, condition, what: str, seconds: float = 30):
-        deadline = time.time() + seconds
-        while True:
-            value = condition()
-            if value:
-                return value
-            assert time.time() < deadline, f"never happened: {what}"
-            time.sleep(0.1)
 
 
 class Clients:

@@ -4,13 +4,11 @@ run — a real uvicorn on 127.0.0.1, real onnxruntime, the alias moved by `selfs
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import export_tiny_classifier, free_port
+from conftest import LiveServer, export_tiny_classifier
 from selfsup.config import load_config
 from selfsup.serve.sources import NothingToServe, resolve
 
@@ -47,45 +45,6 @@ def registry(tiny_tokenizer_dir, tmp_path_factory):
     mp.undo()
 
 
-class LiveServer:
-    """`build_app(cfg)` under a real uvicorn on 127.0.0.1 in a thread."""
-
-    def __init__(self, cfg):
-        import uvicorn
-
-        from selfsup.serve.build import build_app
-
-        self.port = free_port()
-        self.app = build_app(cfg)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-    def post(self, text: str) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/intent", data=json.dumps(
-            {"text": text}).encode(), headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())["version"]
-        except urllib.error.HTTPError as err:
-            return err.code, ""
-
-    def get(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as response:
-            return response.read().decode()
-
-
 def _wait_for_version(server: LiveServer, version: str, seconds: float = 30) -> None:
     deadline = time.time() + seconds
     while server.post("probe")[1] != version:
@@ -119,7 +78,7 @@ def test_champion_moves_are_followed_without_a_failed_request(registry):
             stop.set()
             for thread in clients:
                 thread.join(10)
-        metrics = server.get("/metrics")
+        metrics = server.get("/metrics")[1]
     statuses = [status for status, _ in answers]
     assert statuses and set(statuses) == {200}, f"{statuses.count(200)} of {len(statuses)} requests succeeded"
     versions = [version for _, version in answers]
@@ -143,7 +102,7 @@ def test_a_new_champion_that_cannot_load_leaves_the_old_one_answering(registry):
         set_alias(cfg.tracking, "selfsup-intent", "champion", 2)
         try:
             deadline = time.time() + 20
-            while 'outcome="failed"} 1.0' not in server.get("/metrics"):
+            while 'outcome="failed"} 1.0' not in server.get("/metrics")[1]:
                 assert time.time() < deadline, "the failed reload was never reported"
                 time.sleep(0.1)
             assert server.post("hello") == (200, "1")
