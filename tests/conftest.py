@@ -28,6 +28,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DATA = REPO_ROOT / "tests" / "fixtures" / "data"
 FULL_DATA_FIXTURES = {"built_data", "sources"}  # fixtures that build or download the full data
+TINY_PIPELINE = "tiny_pipeline"  # the xdist group of the modules sharing one reproduced tiny pipeline
 
 for key, value in {
     "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
@@ -41,10 +42,17 @@ os.environ.setdefault("SELFSUP_SOURCE_CACHE", str(REPO_ROOT / ".cache" / "source
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """A test that needs the full build (or the source packages) is ``slow``, wherever it lives."""
+    """A test that needs the full build (or the source packages) is ``slow``, wherever it lives.
+
+    ``make test`` distributes tests over workers with ``--dist loadgroup``: the modules that use the session-scoped
+    ``tiny_pipeline`` carry ``xdist_group(TINY_PIPELINE)`` and run in one worker, which reproduces the pipeline once
+    for all of them; every other test is grouped by its module, as ``--dist loadfile`` would, so that a
+    module-scoped fixture (a server, a trained model) is built once."""
     for item in items:
         if FULL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())) and "slow" not in item.keywords:
             item.add_marker(pytest.mark.slow)
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +102,32 @@ def built_data(sources, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline(built_data, tmp_path_factory) -> Path:
+    """The project reproduced on the tiny preset: a copy of the repository with the full data, every stage run by
+    the real ``dvc repro`` (~10 minutes on 2 cores), a real MLflow store with what ``register`` added. Built once
+    per session: its users are marked ``xdist_group(TINY_PIPELINE)`` so they share a worker, and each works on its
+    own copy (``copy_built``), as a user who copies a reproduced project would."""
+    repo = copy_repo(tmp_path_factory.mktemp("tiny_pipeline") / "repo")
+    shutil.copytree(built_data, repo / "data")
+    use_preset(repo, "tiny")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return repo
+
+
+def copy_built(repo: Path, dest: Path) -> Path:
+    """A copy of a reproduced project (git history, DVC cache, MLflow store and all) at ``dest``; the first MLflow
+    call in the copy points its store at the copy's own artifacts."""
+    shutil.copytree(repo, dest, symlinks=True)
+    listed = run_cli(["registry", "list"], dest, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    assert listed.returncode == 0 and "now in" in listed.stderr, listed.stderr
+    return dest
+
+
 def copy_repo(dest: Path) -> Path:
     """Copy the project's files (tracked and untracked-but-not-ignored) into ``dest`` and make it a fresh git
     repository, so DVC runs there exactly as in a clone."""
@@ -121,6 +155,18 @@ def use_preset(repo: Path, name: str) -> None:
     params.write_text(text)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", f"preset {name}"], cwd=repo,
                    check=True)
+
+
+def identity_onnx(path: Path) -> Path:
+    """The smallest valid ONNX model (one Identity node), saved at ``path``: registration only needs a loadable file."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
 
 
 def free_port() -> int:

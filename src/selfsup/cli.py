@@ -40,6 +40,7 @@ from pathlib import Path
 import yaml
 
 from selfsup.config import ConfigError, config_to_dict, describe_keys, load_config
+from selfsup.errors import TrackingUnavailable
 
 EXIT_IO = 3  # the flows retry a command that exits with this code (flows/training.py)
 
@@ -701,6 +702,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         _print_err(f"configuration error: {err}")
         return 2
+    except TrackingUnavailable as err:
+        _print_err(f"tracking error: {err}")
+        return 1
     except BrokenPipeError:  # output piped into a reader that stopped early (`| head`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush stays quiet
         return 0

@@ -73,3 +73,32 @@ def clean_env(**extra: str) -> dict[str, str]:
     at another MLflow store, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV"}}
     return {**env, **extra}
+
+
+class MlflowServer:
+    """``mlflow server`` as docs/scaling.md runs it, with SQLite instead of PostgreSQL and a folder instead of S3
+    (artifacts proxied by the server, ``--serve-artifacts``), under ``root``. It can be stopped and started again
+    on the same port and store, as a team's server restarts."""
+
+    def __init__(self, root: Path, port: int):
+        import sys
+
+        self.root, self.port, self.log = root, port, root / "server.log"
+        self.url = f"http://127.0.0.1:{port}"
+        self.artifacts = root / "served-artifacts"
+        self.command = [str(Path(sys.executable).parent / "mlflow"), "server",
+                        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                        "--artifacts-destination", str(self.artifacts), "--serve-artifacts",
+                        "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        self.process = start(self.command, self.log, cwd=self.root,
+                             env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        wait_until_up(self.process, f"{self.url}/health", self.log, "mlflow server")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None

@@ -5,18 +5,15 @@ logging, registration, gate, alias and download code, configured exactly as agai
 server and follows it when it moves."""
 
 import hashlib
-import json
-import shutil
-import sys
 import time
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from conftest import export_tiny_classifier, free_port
-from deploy.background import clean_env, post_json, start, stop, wait_until_up
+from deploy.background import MlflowServer, clean_env, post_json, start, stop, wait_until_up
+from deploy.registry import register_with_reports
 from deploy.dockerfiles import exec_form
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,37 +28,15 @@ def _sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
-    """``mlflow server`` as docs/scaling.md runs it, with SQLite instead of PostgreSQL and a folder instead of S3."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port, log = free_port(), root / "server.log"
-    command = [str(Path(sys.executable).parent / "mlflow"), "server",
-               "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-               "--artifacts-destination", str(root / "served-artifacts"), "--serve-artifacts",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    server = start(command, log, cwd=root, env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), free_port()).start()
     try:
-        wait_until_up(server, f"http://127.0.0.1:{port}/health", log, "mlflow server")
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", artifacts=root / "served-artifacts", log=log)
+        yield server
     finally:
-        stop(server)
+        server.stop()
 
 
 def _register(cfg, project: Path, export: Path, macro_f1: float) -> list:
-    """``export`` registered by ``register_exports`` (the register stage's code) with the reports the evaluate and
-    export stages write; the pretrained arm beats from-scratch and the classical arm, so the gate passes it."""
-    from selfsup.registry.lifecycle import register_exports
-    from selfsup.tracking import open_run
-
-    shutil.copytree(export, project / "onnx" / "intent", dirs_exist_ok=True)
-    reports = {"evaluate": {"pretrained": {"accuracy": macro_f1 + 0.05, "macro_f1": macro_f1},
-                            "scratch": {"accuracy": macro_f1 - 0.05, "macro_f1": macro_f1 - 0.1},
-                            "classical": {"accuracy": macro_f1, "macro_f1": macro_f1 - 0.01}},
-               "export": {"label_agreement": 1.0, "max_abs_logit_diff": 2e-6}}
-    for stage, report in reports.items():
-        (project / "artifacts" / stage / "intent").mkdir(parents=True, exist_ok=True)
-        (project / "artifacts" / stage / "intent" / "metrics.json").write_text(json.dumps(report))
-    factory = partial(open_run, cfg, "register", REPO / "params.yaml", None)
-    return register_exports(cfg, ["intent"], factory, "test-commit", artifacts=project / "artifacts")
+    return register_with_reports(cfg, project, export, macro_f1, REPO / "params.yaml")
 
 
 @pytest.fixture(scope="module")

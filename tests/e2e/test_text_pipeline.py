@@ -4,16 +4,15 @@ real onnxruntime, on the tiny preset, in a temporary copy of the repository."""
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo, free_port, use_preset
+from conftest import TINY_PIPELINE, copy_built, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group(TINY_PIPELINE)]
 TASKS = ("intent", "sentiment", "topic")
 BIN = Path(sys.executable).parent
 
@@ -25,13 +24,9 @@ def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def repo(built_data, tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    shutil.copytree(built_data, repo / "data")
-    use_preset(repo, "tiny")
-    result = _run(repo, "dvc", "repro")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return repo
+def repo(tiny_pipeline, tmp_path_factory) -> Path:
+    """A copy of the project reproduced by `dvc repro` on the tiny preset (conftest's ``tiny_pipeline``)."""
+    return copy_built(tiny_pipeline, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def _registry(repo: Path):

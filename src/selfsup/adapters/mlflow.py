@@ -34,7 +34,15 @@ def _connect(cfg: TrackingConfig) -> str:
     if from_env is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     client = MlflowClient()
+    with store_errors(uri, "connecting"):
+        return _experiment_id(client, cfg, uri)
+
+
+def _experiment_id(client: MlflowClient, cfg: TrackingConfig, uri: str) -> str:
     experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None and uri.startswith("sqlite:///"):
+        _follow_moved_repository(Path(uri.removeprefix("sqlite:///")), experiment.artifact_location,
+                                 cfg.artifact_location)
     if experiment is None:
         location = cfg.artifact_location
         if "://" not in location and uri.startswith(("http://", "https://")):
@@ -47,9 +55,76 @@ def _connect(cfg: TrackingConfig) -> str:
     return experiment.experiment_id
 
 
+# What a store that is down, unreachable or failing raises (requests' errors are OSErrors); anything else is a bug.
+STORE_ERRORS = (mlflow.exceptions.MlflowException, OSError)
+
+
+@contextlib.contextmanager
+def store_errors(uri: str, doing: str) -> Iterator[None]:
+    """Turn a failing store into ``TrackingUnavailable`` with the store's address and what was being done."""
+    from selfsup.errors import TrackingUnavailable
+
+    try:
+        yield
+    except STORE_ERRORS as err:
+        raise TrackingUnavailable(
+            f"MLflow tracking store {uri} failed while {doing} ({type(err).__name__}: {str(err)[:300]}). Nothing was "
+            f"logged or registered by this step; start the server (or point MLFLOW_TRACKING_URI at one that runs) "
+            f"and run it again, or set tracking.enabled=false to run untracked") from err
+
+
+# Where MLflow's SQL store keeps absolute artifact paths (``file:///…`` URIs, or plain paths for the Default
+# experiment); columns a given MLflow version lacks are skipped.
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"), ("model_versions", "storage_location"),
+                     ("model_versions", "source"))
+
+
+def _follow_moved_repository(db: Path, stored_location: str, configured_location: str) -> None:
+    """Make a moved or copied repository's SQLite store point at its own artifacts.
+
+    MLflow writes absolute artifact paths into the store; in a copy of the repository they would still name the
+    original, so the copy would log into (and read from) the original's ``mlflow/artifacts``. When the store lives
+    under the working directory, the configured artifact location is relative (the default ``mlflow/artifacts``)
+    and the experiment's stored location is that same relative path under another folder, every stored path under
+    that folder is rewritten to the working directory, in one transaction, before anything is logged. A store
+    outside the working directory (``MLFLOW_TRACKING_URI`` naming another project's database) is never rewritten."""
+    import sqlite3
+    import sys
+    from urllib.parse import unquote, urlparse
+
+    relative = Path(configured_location)
+    if "://" in configured_location or relative.is_absolute():
+        return
+    here = Path.cwd().resolve()
+    if not db.resolve().is_relative_to(here):
+        return
+    stored = Path(unquote(urlparse(stored_location).path)) if stored_location.startswith("file://") \
+        else Path(stored_location)
+    if stored == here / relative or stored.parts[-len(relative.parts):] != relative.parts:
+        return
+    old_root = Path(*stored.parts[:-len(relative.parts)])
+    renames = [(f"{old_root.as_uri()}/", f"{here.as_uri()}/"), (f"{old_root}/", f"{here}/")]
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection, connection:
+        for table, column in _LOCATION_COLUMNS:
+            if column not in {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
+                continue
+            for old, new in renames:
+                connection.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                                   f"WHERE substr({column}, 1, ?) = ?", (new, len(old) + 1, len(old), old))
+    print(f"MLflow store {db}: made in {old_root}, now in {here} (the repository was moved or copied); its "
+          f"artifact paths now point here, so nothing is written into or read from the original",
+          file=sys.stderr)
+
+
 class MlflowTracker:
     """Logs into one run. Metrics are buffered and written with ``log_batch``, because one synchronous
-    ``log_metrics`` call per training step is one SQLite transaction (measured 17 ms a call on a busy 2-core machine)."""
+    ``log_metrics`` call per training step is one SQLite transaction (measured 17 ms a call on a busy 2-core machine).
+
+    A store that fails mid-run (a tracking server stopped, a network gone) must not cost the training it records:
+    the first failing call (after MLflow's own HTTP retries, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) is reported on
+    stderr with the store, the run and what was being logged, and every later call is skipped (``lost`` says why),
+    so the stage finishes and writes its outputs; its numbers are in the stage's own metrics files."""
 
     FLUSH_EVERY = 500  # buffered metric values; MLflow accepts up to 1,000 per batch
 
@@ -57,21 +132,43 @@ class MlflowTracker:
         self.run_id = run_id
         self._client = MlflowClient()
         self._pending: list = []
+        self.lost: str | None = None  # the failure that stopped logging into this run
+
+    def _store(self, doing: str, call, *args, **kwargs) -> None:
+        if self.lost is not None:
+            return
+        try:
+            call(*args, **kwargs)
+        except STORE_ERRORS as err:
+            import sys
+
+            self.lost = f"{type(err).__name__}: {str(err)[:300]}"
+            print(f"WARNING: MLflow tracking store {mlflow.get_tracking_uri()} failed while logging {doing} to run "
+                  f"{self.run_id} ({self.lost}). The stage goes on and keeps its outputs; nothing more is logged to "
+                  f"this run, whose record in MLflow ends here (its numbers are in the stage's metrics files).",
+                  file=sys.stderr, flush=True)
 
     def flush(self) -> None:
         """Write the buffered metrics (also done every ``FLUSH_EVERY`` values and when the run ends)."""
-        while self._pending:
+        while self._pending and self.lost is None:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
-            self._client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            self._store(f"{len(chunk)} metric values", self._client.log_batch, self.run_id, metrics=chunk,
+                        synchronous=True)
 
     def log_params(self, params: dict[str, Any]) -> None:
         clean = {k: (str(v)[:_MAX_PARAM]) for k, v in params.items()}
-        existing = self._client.get_run(self.run_id).data.params
-        mlflow.log_params({k: v for k, v in clean.items() if k not in existing}, run_id=self.run_id)
+
+        def new_params() -> None:
+            existing = self._client.get_run(self.run_id).data.params
+            mlflow.log_params({k: v for k, v in clean.items() if k not in existing}, run_id=self.run_id)
+
+        self._store("parameters", new_params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
+        if self.lost is not None:
+            return
         timestamp = int(time.time() * 1000)
         self._pending += [Metric(k, float(v), timestamp, step or 0) for k, v in metrics.items()]
         if len(self._pending) >= self.FLUSH_EVERY:
@@ -79,14 +176,16 @@ class MlflowTracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if path.is_dir():
-            self._client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
+        log = self._client.log_artifacts if path.is_dir() else self._client.log_artifact
+        self._store(f"the artifact {path}", log, self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, str(value))
+            self._store(f"the tag {key}", self._client.set_tag, self.run_id, key, str(value))
+
+    def end(self, status: str) -> None:
+        self.flush()
+        self._store(f"the run's end ({status})", self._client.set_terminated, self.run_id, status)
 
 
 def _pipeline_parent(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str:
@@ -102,26 +201,25 @@ def _pipeline_parent(client: MlflowClient, experiment_id: str, tags: dict[str, s
 
 
 @contextlib.contextmanager
-def _ended(client: MlflowClient, run_id: str) -> Iterator[MlflowTracker]:
+def _ended(run_id: str) -> Iterator[MlflowTracker]:
     """Track into ``run_id``; the run ends FINISHED, or FAILED when the body raises."""
     tracker = MlflowTracker(run_id)
     try:
         yield tracker
     except BaseException:
-        tracker.flush()  # the curves up to the failure are what a user debugs with
-        client.set_terminated(run_id, "FAILED")
+        tracker.end("FAILED")  # the curves up to the failure are what a user debugs with
         raise
-    tracker.flush()
-    client.set_terminated(run_id, "FINISHED")
+    tracker.end("FINISHED")
 
 
 @contextlib.contextmanager
 def stage_run(cfg: TrackingConfig, name: str, tags: dict[str, str]) -> Iterator[MlflowTracker]:
     experiment_id = _connect(cfg)
     client = MlflowClient()
-    parent = _pipeline_parent(client, experiment_id, tags)
-    run = client.create_run(experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent})
-    with _ended(client, run.info.run_id) as tracker:
+    with store_errors(mlflow.get_tracking_uri(), f"starting the run {name}"):
+        parent = _pipeline_parent(client, experiment_id, tags)
+        run = client.create_run(experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent})
+    with _ended(run.info.run_id) as tracker:
         yield tracker
 
 
@@ -145,35 +243,39 @@ def register_onnx(cfg: TrackingConfig, run_id: str, onnx_path: Path, name: str, 
 
     ``fingerprint`` (the SHA-256 of the ONNX file; for the embedder, of the ONNX file and its indexes together) is
     stored as the version tag ``onnx_sha256``; a model already
-    registered under ``name`` with the same fingerprint is not registered again (``new`` is False)."""
+    registered under ``name`` with the same fingerprint is not registered again (``new`` is False).
+
+    The version is created with all its tags in one registry call (one transaction in the store), after the model's
+    files are logged: a store that fails or stops part-way leaves at most logged files that no version points to,
+    never a version without its fingerprint and numbers, so the next run registers the model exactly once."""
     _connect(cfg)
     client = MlflowClient()
-    for existing in _search_versions(client, name):
-        if existing.tags.get("onnx_sha256") == fingerprint:
-            return int(existing.version), False
-    is_text = set(TEXT_MODEL_FILES) <= {Path(p).name for p in extra_files}
-    with mlflow.start_run(run_id=run_id):
-        log = _log_text_pyfunc if is_text else _log_onnx_flavor
-        version = log(Path(onnx_path), [Path(p) for p in extra_files], name)
-    all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **tags, "onnx_sha256": fingerprint}
-    for key, value in all_tags.items():
-        client.set_model_version_tag(name, str(version), key, str(value))
-    return version, True
+    with store_errors(mlflow.get_tracking_uri(), f"registering {name}"):
+        for existing in _search_versions(client, name):
+            if existing.tags.get("onnx_sha256") == fingerprint:
+                return int(existing.version), False
+        is_text = set(TEXT_MODEL_FILES) <= {Path(p).name for p in extra_files}
+        with mlflow.start_run(run_id=run_id):
+            log = _log_text_pyfunc if is_text else _log_onnx_flavor
+            model_uri = log(Path(onnx_path), [Path(p) for p in extra_files])
+        all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **tags, "onnx_sha256": fingerprint}
+        version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in all_tags.items()}).version
+    return int(version), True
 
 
-def _log_onnx_flavor(onnx_path: Path, extra_files: list[Path], name: str) -> int:
+def _log_onnx_flavor(onnx_path: Path, extra_files: list[Path]) -> str:
     import onnx
 
     info = mlflow.onnx.log_model(
-        onnx.load(str(onnx_path)), name="onnx_model", registered_model_name=name,
+        onnx.load(str(onnx_path)), name="onnx_model",
         pip_requirements=_requirements("onnxruntime", "onnx"),
         extra_files=[str(p) for p in extra_files] or None,
         save_as_external_data=False,  # one self-contained model.onnx, as exported
     )
-    return int(info.registered_model_version)
+    return info.model_uri
 
 
-def _log_text_pyfunc(onnx_path: Path, extra_files: list[Path], name: str) -> int:
+def _log_text_pyfunc(onnx_path: Path, extra_files: list[Path]) -> str:
     """Log the exported folder as the artifact of a ``selfsup.serve.pyfunc`` "model from code": MLflow runs that
     code at load time instead of unpickling a class. The selfsup package's source goes with it (``code_paths``),
     so a client without selfsup installed can load it too.
@@ -198,10 +300,10 @@ def _log_text_pyfunc(onnx_path: Path, extra_files: list[Path], name: str) -> int
         shutil.copytree(package, source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         info = mlflow.pyfunc.log_model(
             name="text_classifier", python_model=str(code), artifacts={MODEL_ARTIFACT: str(folder)},
-            code_paths=[str(source)], registered_model_name=name,
+            code_paths=[str(source)],
             pip_requirements=_requirements("onnxruntime", "tokenizers", "numpy"),
         )
-    return int(info.registered_model_version)
+    return info.model_uri
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -344,6 +446,7 @@ def standalone_run(cfg: TrackingConfig, experiment: str, name: str, tags: dict[s
 
     experiment_id = _connect(replace(cfg, experiment=experiment))  # same artifact root: run ids keep them apart
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    with _ended(client, run.info.run_id) as tracker:
+    with store_errors(mlflow.get_tracking_uri(), f"starting the run {name}"):
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+    with _ended(run.info.run_id) as tracker:
         yield tracker
