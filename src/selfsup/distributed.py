@@ -10,6 +10,9 @@ torchrun starts one process per GPU on every node and tells each who it is throu
         device = device_for_rank(device, ranks)  # GPU LOCAL_RANK
         ...
         total = all_reduce_sum(torch.tensor(local_count), ranks)
+
+Image recipes also gather rows across ranks (``gather_rows``, with gradient) and normalise batches with the
+statistics of the global batch (``use_global_batch_norm``).
 """
 
 from __future__ import annotations
@@ -128,3 +131,97 @@ def broadcast_from_main(obj, ranks: Ranks):
     box = [obj if ranks.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_rows(tensor: torch.Tensor, ranks: Ranks, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along ``dim`` in rank order: the rows of each rank's share put back into
+    the global batch's order (``tensor`` itself in one process). Every rank must pass the same shape.
+
+    A tensor that requires gradient is gathered with ``torch.distributed.nn.functional.all_gather``, whose backward
+    *sums* the gradients that every rank's loss sends to this rank's rows: when every rank computes the same loss of
+    the whole gathered batch, this rank's rows get ``world_size`` times their gradient, which DDP's average over the
+    ranks turns back into the global batch's gradient."""
+    if not ranks.distributed:
+        return tensor
+    import torch.distributed as dist
+
+    if tensor.requires_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        parts = all_gather(tensor)
+    else:
+        parts = [torch.empty_like(tensor) for _ in range(ranks.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def mean_over_ranks(value: torch.Tensor, ranks: Ranks) -> float:
+    """The mean over the ranks of a scalar ``value`` (e.g. each rank's loss on its share of the batch), the same
+    number on every rank; the value itself in one process."""
+    if not ranks.distributed:
+        return float(value.detach())
+    return float(all_reduce_sum(value.detach().double().clone(), ranks)) / ranks.world_size
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation with the statistics of the whole global batch (every rank's rows) on the CPU, where
+    torch's ``SyncBatchNorm`` has no kernels (and DDP refuses it): the statistics come from two differentiable
+    all-reduces (the sum, then the sum of squared deviations from the global mean), whose backward all-reduces the
+    gradients of the statistics like SyncBatchNorm's. Outside training, or without a process group of several
+    ranks, it is a plain BatchNorm. Its ``state_dict`` is a BatchNorm's (same keys), so checkpoints and saved
+    encoders are interchangeable with one process's. Shape: ``[N, C, ...] -> [N, C, ...]``."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input [N, C, ...], got {input.dim()}-D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        synced = self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not synced:
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(input)
+        channels = input.shape[1]
+        reduce_dims = [0, *range(2, input.ndim)]
+        shape = [1, channels] + [1] * (input.ndim - 2)  # broadcasts per-channel [C] over [N, C, ...]
+        x = input.float()
+        local_count = x.new_tensor([input.numel() // channels])
+        totals = all_reduce(torch.cat([x.sum(reduce_dims), local_count]))  # [C + 1]: per-channel sums, count
+        count = totals[-1]
+        mean = totals[:-1] / count  # [C]
+        centred = x - mean.view(shape)
+        variance = all_reduce((centred * centred).sum(reduce_dims)) / count  # [C], biased (normalises the batch)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+                unbiased = variance.detach() * count / (count - 1).clamp_min(1)
+                self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+        out = centred * torch.rsqrt(variance + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(input.dtype)
+
+
+def use_global_batch_norm(module: torch.nn.Module, device: torch.device) -> None:
+    """Replace, in place, every ``BatchNorm1d/2d/3d`` inside ``module`` (not ``module`` itself) by one that
+    normalises with the statistics of every rank's rows and keeps its parameters, running statistics and mode:
+    ``torch.nn.SyncBatchNorm`` on GPUs, ``GlobalBatchNorm`` (the same statistics) on the CPU."""
+    batch_norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    kind = GlobalBatchNorm if device.type == "cpu" else torch.nn.SyncBatchNorm
+    for name, child in module.named_children():
+        if isinstance(child, batch_norms):
+            synced = kind(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            if child.affine:
+                synced.weight, synced.bias = child.weight, child.bias
+            if child.track_running_stats:
+                synced.running_mean, synced.running_var = child.running_mean, child.running_var
+                synced.num_batches_tracked = child.num_batches_tracked
+            synced.train(child.training)
+            setattr(module, name, synced)
+        else:
+            use_global_batch_norm(child, device)

@@ -8,6 +8,11 @@ prevent the trivial constant solution:
 
 Read top to bottom: build the networks, then one loop of augment -> both branches -> symmetric loss -> step ->
 teacher update -> monitor.
+
+Under torchrun (``ssl_common``'s docstring: each rank runs its rows of the global batch) every loss here is a mean
+over images, so each rank's mean over its equal share, averaged by DDP's gradient all-reduce, is the global batch's
+gradient; the logged loss is the mean over the ranks. DINO's center is updated with the teacher outputs of every
+rank (gathered in the global batch's order), so it is the single process's center, identical on every rank.
 """
 
 from __future__ import annotations
@@ -17,21 +22,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from selfsup.config import SSLPretrainConfig
+from selfsup.distributed import Ranks, gather_rows, mean_over_ranks
 from selfsup.vision.augment import TwoViews
 from selfsup.vision.losses import DINOLoss, NegativeCosineLoss
 from selfsup.vision.model import DINOHead, MLPHead, build_backbone, frozen_copy, update_ema
 from selfsup.vision.ssl_common import (
-    SSLCheckpoints, SSLResult, check_collapse, learning_rate_at, make_optimizer, momentum_at, monitor_collapse,
-    pool_batches, set_learning_rate,
+    SSLCheckpoints, SSLResult, check_collapse, data_parallel, learning_rate_at, make_optimizer, momentum_at,
+    monitor_collapse, pool_batches, set_learning_rate, share_batch_norm, this_ranks_rows,
 )
 from selfsup.runtime import autocast, progress_bar
 
 
+class OnlineNetworks(nn.Module):
+    """The trained networks as one module, so that one call per step goes through DDP (which arms its gradient
+    all-reduce in its own forward): both views ``[2B, C, S, S]`` -> ``(head outputs [2B, P or K],)``, plus the
+    predictions ``[2B, P]`` when there is a predictor (BYOL, SimSiam)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, predictor: nn.Module | None):
+        super().__init__()
+        self.encoder, self.head, self.predictor = encoder, head, predictor
+
+    def forward(self, both: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        online = self.head(self.encoder(both))
+        return (online,) if self.predictor is None else (online, self.predictor(online))
+
+
 def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker,
-          checkpoint_dir: Path | None = None) -> tuple[torch.nn.Module, SSLResult]:
-    """Pretrain on ``pool``; with ``checkpoint_dir``, resume from and save resumable checkpoints there."""
+          checkpoint_dir: Path | None = None, ranks: Ranks = Ranks()) -> tuple[torch.nn.Module, SSLResult]:
+    """Pretrain on ``pool``; with ``checkpoint_dir``, resume from and save resumable checkpoints there. Under
+    torchrun every process calls this with its ``ranks``; they train one model together."""
     if cfg.method not in ("byol", "simsiam", "dino"):
         raise ValueError(f"self_distillation.train runs byol, simsiam or dino, not {cfg.method!r}")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -46,6 +68,7 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
         predictor = MLPHead(cfg.projection_dim, cfg.hidden_dim, cfg.projection_dim).to(device)
         loss_fn = NegativeCosineLoss()
         trained = [encoder, head, predictor]
+    share_batch_norm(trained, ranks, device)
     uses_ema = cfg.method in ("byol", "dino")
     if uses_ema:
         teacher_encoder, teacher_head = frozen_copy(encoder), frozen_copy(head)
@@ -57,20 +80,25 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
         state["predictor"] = predictor
     if uses_ema:
         state.update(teacher_encoder=teacher_encoder, teacher_head=teacher_head)
-    checkpoints = SSLCheckpoints(checkpoint_dir, cfg, pool, state, optimizer, device)
+    checkpoints = SSLCheckpoints(checkpoint_dir, cfg, pool, state, optimizer, device, ranks=ranks)
     resumed_from, history, monitor = checkpoints.resume()
+    online_of = data_parallel(OnlineNetworks(encoder, head, None if cfg.method == "dino" else predictor), ranks,
+                              device)
     augment = TwoViews(cfg.augment, cfg.image_size)
     monitor_images = torch.from_numpy(pool[: cfg.monitor_images])
     start = time.perf_counter()
-    bar = progress_bar(cfg.max_steps, cfg.method, cfg.loop.progress, initial=resumed_from)
+    bar = progress_bar(cfg.max_steps, cfg.method, cfg.loop.progress and ranks.is_main, initial=resumed_from)
     batches = pool_batches(pool, cfg.batch_size, cfg.max_steps, cfg.loop.seed, skip=resumed_from)
     for step, images in enumerate(batches, start=resumed_from + 1):
         lr = learning_rate_at(step, cfg)
         set_learning_rate(optimizer, lr)
-        view1, view2 = (v.to(device, memory_format=memory_format) for v in augment(images))  # [B, C, S, S] each
+        # the whole global batch is augmented on every rank (the single process's draws), each keeps its rows
+        views = this_ranks_rows(augment(images), ranks)
+        view1, view2 = (v.to(device, memory_format=memory_format) for v in views)  # [b, C, S, S] each, b = B / ranks
         with autocast(device, cfg.loop.precision):
-            both = torch.cat([view1, view2])  # one pass for both views: [2B, C, S, S]
-            online = head(encoder(both))  # [2B, P] (dino: [2B, K] prototype scores)
+            both = torch.cat([view1, view2])  # one pass for both views: [2b, C, S, S]
+            outputs = online_of(both)
+            online = outputs[0]  # [2b, P] (dino: [2b, K] prototype scores)
             if cfg.method == "dino":
                 with torch.no_grad():
                     teacher = teacher_head(teacher_encoder(both))  # [2B, K]
@@ -78,7 +106,7 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
                                                                                                  teacher.shape[-1])
                 loss = loss_fn(student_views, teacher_views)  # view 1 predicts view 2 and vice versa
             else:
-                p1, p2 = predictor(online).chunk(2)  # [B, P] each
+                p1, p2 = outputs[1].chunk(2)  # [b, P] each
                 if cfg.method == "byol":
                     with torch.no_grad():
                         z1, z2 = teacher_head(teacher_encoder(both)).chunk(2)
@@ -89,12 +117,12 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
         loss.backward()
         optimizer.step()
         if cfg.method == "dino":
-            loss_fn.update_center(teacher_views)
+            loss_fn.update_center(gather_rows(teacher_views, ranks, dim=1))  # [2, B, K]: every rank's images
         if uses_ema:
             momentum = momentum_at(step, cfg)
             update_ema(teacher_encoder, encoder, momentum)
             update_ema(teacher_head, head, momentum)
-        loss_value = float(loss.detach())
+        loss_value = mean_over_ranks(loss, ranks)
         if not np.isfinite(loss_value):
             raise FloatingPointError(f"{cfg.method}: loss became {loss_value} at step {step}; lower the learning rate")
         history.append({"step": step, "loss": loss_value, "lr": lr})

@@ -9,6 +9,19 @@ MoCo's queue, DINO's center), the optimizer, the global RNGs (the augmentations 
 batches are the same because ``pool_batches`` replays its seeded permutations up to the resumed step, so the final
 encoder equals an uninterrupted run's bit for bit on the same machine and thread count
 (``tests/vision/test_resume_ssl.py``).
+
+Several processes (``torchrun``, see docs/pipeline.md) train one model with DistributedDataParallel. Every rank draws
+the same global batch of ``batch_size`` images (same seeded permutation) and augments the *whole* batch with the
+same torch RNG as one process, then keeps its own contiguous rows [batch_size / processes] (``this_ranks_rows``):
+the images seen and the augmentations drawn are exactly the single process's. What differs from one process:
+floating-point summation order (batch-norm statistics and losses summed over ranks, gradients all-reduced) and the
+cost: the augmentation of the whole batch, CPU work that does not shrink with more processes. Batch normalisation
+uses the statistics of the global batch (``selfsup.distributed.use_global_batch_norm``: SyncBatchNorm on GPUs), so
+a step normalises like one process and a contrastive loss cannot find a view's partner through its rank's batch
+statistics. How each method's loss is made global is in its own file. Rank 0 alone reads and writes checkpoints
+(it sends what it read to the others), tracks and writes outputs; the checkpoint (and its fingerprint) does not
+depend on the number of processes, so a run may resume on another number of them. One process runs the plain loop,
+bit-identical to before the distributed path existed.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from torch import nn
 
 from selfsup.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from selfsup.config import SSLPretrainConfig, config_to_dict
+from selfsup.distributed import Ranks, broadcast_from_main, use_global_batch_norm
 from selfsup.vision.model import collapse_statistics
 
 
@@ -88,21 +102,25 @@ class SSLCheckpoints:
     """The resumable checkpoints of one run in ``folder`` (``None``: no checkpoints, nothing resumed).
 
     ``modules`` are every network whose state changes during training (trained, EMA-updated, or a buffer such as
-    MoCo's queue); their ``state_dict`` plus ``optimizer``, the RNGs, the step and the history make a checkpoint."""
+    MoCo's queue); their ``state_dict`` plus ``optimizer``, the RNGs, the step and the history make a checkpoint.
+    Under torchrun only rank 0 reads and writes them; the others receive what it read (their disk may not hold it)."""
 
     def __init__(self, folder: Path | None, cfg: SSLPretrainConfig, pool: np.ndarray, modules: dict[str, nn.Module],
-                 optimizer: torch.optim.Optimizer, device: torch.device, say: Callable[[str], None] = print):
+                 optimizer: torch.optim.Optimizer, device: torch.device, say: Callable[[str], None] = print,
+                 ranks: Ranks = Ranks()):
         self.folder = Path(folder) if folder is not None else None
         self.every, self.max_steps = cfg.checkpoint_every, cfg.max_steps
-        self.modules, self.optimizer, self.device, self.say = modules, optimizer, device, say
-        self.fingerprint = ssl_fingerprint(cfg, pool) if folder is not None else ""
+        self.modules, self.optimizer, self.device, self.ranks = modules, optimizer, device, ranks
+        self.say = say if ranks.is_main else (lambda line: None)
+        self.fingerprint = ssl_fingerprint(cfg, pool) if folder is not None and ranks.is_main else ""
 
     def resume(self) -> tuple[int, list[dict], list[dict]]:
         """Load the last checkpoint into the modules, optimizer and RNGs; ``(step, history, monitor)`` to continue
         from (``(0, [], [])`` when there is none to resume)."""
         if self.folder is None:
             return 0, [], []
-        state = load_checkpoint(self.folder, self.fingerprint, self.say)
+        state = load_checkpoint(self.folder, self.fingerprint, self.say) if self.ranks.is_main else None
+        state = broadcast_from_main(state, self.ranks)
         if state is None:
             return 0, [], []
         for name, module in self.modules.items():
@@ -114,7 +132,7 @@ class SSLCheckpoints:
 
     def after_step(self, step: int, history: list[dict], monitor: list[dict]) -> None:
         """Save a checkpoint when ``step`` is due (never after the last step: the finished encoder is the output)."""
-        if self.folder is None or step % self.every or step >= self.max_steps:
+        if self.folder is None or step % self.every or step >= self.max_steps or not self.ranks.is_main:
             return
         save_checkpoint(self.folder, {
             "fingerprint": self.fingerprint, "step": step,
@@ -125,9 +143,43 @@ class SSLCheckpoints:
 
     def finish(self) -> None:
         """The run completed: nothing is left to resume."""
-        if self.folder is not None:
+        if self.folder is not None and self.ranks.is_main:
             for leftover in (self.folder, self.folder.with_name(self.folder.name + ".tmp")):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def check_batch_splits(cfg: SSLPretrainConfig, ranks: Ranks) -> None:
+    """Refuse, before any process group is joined, a global batch that the processes cannot share equally."""
+    if cfg.batch_size % ranks.world_size:
+        raise ValueError(f"vision.pretrain.batch_size ({cfg.batch_size}) must divide by the number of processes "
+                         f"({ranks.world_size})")
+
+
+def share_batch_norm(modules: list[nn.Module], ranks: Ranks, device: torch.device) -> None:
+    """Under torchrun: batch statistics over every rank's rows (see the module docstring). Call it on the trained
+    networks before their EMA copies are made, so that the target/teacher/key networks normalise globally too."""
+    if ranks.distributed:
+        for module in modules:
+            use_global_batch_norm(module, device)
+
+
+def data_parallel(module: nn.Module, ranks: Ranks, device: torch.device) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel under torchrun (gradients averaged over the ranks in
+    backward); ``module`` itself in one process. Buffers are not re-broadcast: the global batch norm already gives
+    every rank the same running statistics."""
+    if not ranks.distributed:
+        return module
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+
+
+def this_ranks_rows(views: tuple[torch.Tensor, ...], ranks: Ranks) -> tuple[torch.Tensor, ...]:
+    """This rank's contiguous rows [B / processes, ...] of each view of the global batch [B, ...]; the views
+    themselves in one process."""
+    if not ranks.distributed:
+        return views
+    rows = ranks.rows(len(views[0]))
+    return tuple(view[rows] for view in views)
 
 
 def make_optimizer(modules: list[nn.Module], cfg: SSLPretrainConfig) -> torch.optim.Optimizer:

@@ -51,35 +51,59 @@ def validate_stage(cfg: Config, params_file: Path):
 
 
 def pretrain_ssl(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracker,
-                 checkpoint_dir: Path | None = None):
+                 checkpoint_dir: Path | None = None, ranks=None):
     """Pretrain an encoder on ``pool`` (``uint8 [N, C, H, W]``, no labels) with the recipe of ``cfg.method``;
     returns ``(encoder, SSLResult)``. Raises ``CollapseError`` when the final embeddings collapsed. With
-    ``checkpoint_dir``, resumes from and writes resumable checkpoints there."""
+    ``checkpoint_dir``, resumes from and writes resumable checkpoints there. ``ranks`` (``selfsup.distributed``):
+    this process among the torchrun processes, inside their process group; one process when ``None``."""
+    from selfsup.distributed import Ranks
     from selfsup.vision import contrastive, self_distillation
 
     recipe = contrastive if cfg.method in contrastive.METHODS else self_distillation
-    return recipe.train(cfg, pool, device, tracker, checkpoint_dir)
+    return recipe.train(cfg, pool, device, tracker, checkpoint_dir, ranks or Ranks())
 
 
 def pretrain_stage(cfg: Config, params_file: Path,
                    checkpoint_dir: Path | None = Path("checkpoints/pretrain_ssl")) -> dict:
     """Pretrain with ``vision.pretrain.method``; raises ``CollapseError`` (after logging) if the embeddings collapse.
-    A run killed midway resumes from its last checkpoint in ``checkpoint_dir``."""
+    A run killed midway resumes from its last checkpoint in ``checkpoint_dir``. Under ``torchrun`` every process
+    calls this and they train one model together (``ssl_common``); rank 0 alone tracks and writes the outputs, the
+    others return the same metrics without writing them."""
+    from selfsup.distributed import device_for_rank, process_group, ranks_from_env, share_cpu_threads
     from selfsup.vision.data import load_images
-    from selfsup.vision.model import save_encoder
-    from selfsup.vision.ssl_common import CollapseError
+    from selfsup.vision.ssl_common import check_batch_splits
     from selfsup.runtime import setup
-    from selfsup.tracking import open_run
+    from selfsup.tracking import NullTracker
 
     vc, pc = cfg.vision, cfg.vision.pretrain
+    ranks = ranks_from_env()
+    check_batch_splits(pc, ranks)
     device = setup(pc.loop)
+    share_cpu_threads(pc.loop.threads, ranks)
+    device = device_for_rank(device, ranks)
     pool = load_images(vc.data.manifest, vc.data.pretrain_split, vc.data.max_pretrain_images)
+    with process_group(device, ranks):
+        if ranks.is_main:
+            return _pretrain_and_write(cfg, params_file, pool, device, checkpoint_dir, ranks)
+        cpu_start = time.process_time()  # this process's: each rank reports its own
+        _, result = pretrain_ssl(pc, pool, device, NullTracker(), checkpoint_dir, ranks)
+        return _pretrain_metrics(result, len(pool), collapsed=False, cpu_seconds=time.process_time() - cpu_start)
+
+
+def _pretrain_and_write(cfg: Config, params_file: Path, pool: np.ndarray, device: torch.device,
+                        checkpoint_dir: Path | None, ranks) -> dict:
+    """``pretrain_stage`` in one process or torchrun's rank 0: train, track, write the reports and the encoder."""
+    from selfsup.vision.model import save_encoder
+    from selfsup.vision.ssl_common import CollapseError
+    from selfsup.tracking import open_run
+
+    pc = cfg.vision.pretrain
     metrics_dir = Path(pc.metrics_dir)
     with open_run(cfg, "pretrain_ssl", params_file, pc) as tracker:
         tracker.set_tags({"method": pc.method, "backbone": pc.backbone})
         cpu_start = time.process_time()  # CPU seconds: comparable across machines when other jobs share the cores
         try:
-            encoder, result = pretrain_ssl(pc, pool, device, tracker, checkpoint_dir)
+            encoder, result = pretrain_ssl(pc, pool, device, tracker, checkpoint_dir, ranks)
         except CollapseError as err:
             if err.result is not None:
                 _write_pretrain_reports(err.result, metrics_dir, pool_images=len(pool), collapsed=True)
@@ -97,10 +121,15 @@ def pretrain_stage(cfg: Config, params_file: Path,
     return metrics
 
 
-def _write_pretrain_reports(result, metrics_dir: Path, pool_images: int, collapsed: bool,
-                            cpu_seconds: float = 0.0) -> dict:
+def _pretrain_metrics(result, pool_images: int, collapsed: bool, cpu_seconds: float = 0.0) -> dict:
     metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "monitor")}
     metrics.update(pool_images=pool_images, collapsed=int(collapsed), cpu_seconds=cpu_seconds)
+    return metrics
+
+
+def _write_pretrain_reports(result, metrics_dir: Path, pool_images: int, collapsed: bool,
+                            cpu_seconds: float = 0.0) -> dict:
+    metrics = _pretrain_metrics(result, pool_images, collapsed, cpu_seconds)
     write_json(metrics_dir / "metrics.json", metrics)
     write_csv(metrics_dir / "loss.csv", ["step", "train_loss"], [[h["step"], f"{h['loss']:.5f}"]
                                                                   for h in result.history])
