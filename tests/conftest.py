@@ -65,6 +65,20 @@ def _one_torch_thread():
         torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_as_it_was():
+    """``mlflow.set_tracking_uri`` (which selfsup's adapter calls on every connection) also exports
+    ``MLFLOW_TRACKING_URI``, and the variable wins over the configuration: left set by one test, it would point the
+    next test in the same worker at another test's store (a CI run listed the tiny pipeline's versions instead of
+    its own). Each test ends with the variable as it found it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -17,12 +17,10 @@ MODEL = "selfsup-intent"
 def empty_db(tmp_path_factory):
     """An MLflow SQLite database with its schema created (the migrations take 10-15 s on a busy machine), copied
     by each test so that every test damages only its own store."""
-    import mlflow
     from mlflow import MlflowClient
 
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    MlflowClient().search_registered_models()
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_registered_models()
     return db
 
 

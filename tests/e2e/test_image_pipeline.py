@@ -61,8 +61,7 @@ def test_every_image_stage_produced_its_outputs(repo):
 def test_export_ssl_registers_nothing_and_register_waits_for_every_export(repo):
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow/mlflow.db'}")
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow/mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("selfsup").experiment_id])
     pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain_ssl")
     assert len(client.get_metric_history(pretrain.info.run_id, "train_loss")) == 4

@@ -32,8 +32,7 @@ def repo(tiny_pipeline, tmp_path_factory) -> Path:
 def _registry(repo: Path):
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow/mlflow.db'}")
-    return mlflow.MlflowClient()
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow/mlflow.db'}")
 
 
 def _csv_rows(path: Path) -> list[dict]:

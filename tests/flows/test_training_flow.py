@@ -90,8 +90,8 @@ def test_second_run_trains_nothing_and_registers_nothing(first_run, repo):
 def _set_version_tag(repo: Path, task: str, version: int, key: str, value: str) -> None:
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow/mlflow.db'}")
-    mlflow.MlflowClient().set_model_version_tag(f"selfsup-{task}", str(version), key, value)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow/mlflow.db'}")
+    client.set_model_version_tag(f"selfsup-{task}", str(version), key, value)
 
 
 def _aliases(repo: Path, task: str) -> dict[int, list[str]]:
