@@ -125,11 +125,13 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from selfsup.distributed import is_main_process
     from selfsup.text.stages import pretrain_stage
 
     r = pretrain_stage(load_config(args.params, args.overrides), Path(args.params), Path(args.checkpoint_dir))
-    print(f"pretrained {r.steps} steps in {r.wall_seconds:.0f} s ({r.tokens_per_second:,.0f} tokens/s): "
-          f"val MLM loss {r.val_loss:.3f}, perplexity {r.val_perplexity:.1f}")
+    if is_main_process():  # under torchrun, one summary line, not one per rank
+        print(f"pretrained {r.steps} steps in {r.wall_seconds:.0f} s ({r.tokens_per_second:,.0f} tokens/s): "
+              f"val MLM loss {r.val_loss:.3f}, perplexity {r.val_perplexity:.1f}")
     return 0
 
 
@@ -516,6 +518,7 @@ def cmd_validate_images(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_ssl(args: argparse.Namespace) -> int:
+    from selfsup.distributed import is_main_process
     from selfsup.vision.ssl_common import CollapseError
     from selfsup.vision.stages import pretrain_stage
 
@@ -525,9 +528,10 @@ def cmd_pretrain_ssl(args: argparse.Namespace) -> int:
     except CollapseError as err:
         _print_err(str(err))
         return 1
-    print(f"{m['method']}: {m['steps']} steps in {m['wall_seconds']:.0f} s ({m['images_per_second']:,.0f} images/s), "
-          f"final loss {m['final_loss']:.3f}; embedding std {m['embedding_std']:.3f}, effective rank "
-          f"{m['effective_rank']:.1f} (not collapsed)")
+    if is_main_process():  # under torchrun, one summary line, not one per rank
+        print(f"{m['method']}: {m['steps']} steps in {m['wall_seconds']:.0f} s "
+              f"({m['images_per_second']:,.0f} images/s), final loss {m['final_loss']:.3f}; embedding std "
+              f"{m['embedding_std']:.3f}, effective rank {m['effective_rank']:.1f} (not collapsed)")
     return 0
 
 
