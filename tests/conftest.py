@@ -28,7 +28,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DATA = REPO_ROOT / "tests" / "fixtures" / "data"
 FULL_DATA_FIXTURES = {"built_data", "sources"}  # fixtures that build or download the full data
-TINY_PIPELINE = "tiny_pipeline"  # the xdist group of the modules sharing one reproduced tiny pipeline
+# the test modules that use the session-scoped ``tiny_pipeline``: `make test` runs them on one worker (see
+# pytest_xdist_make_scheduler), which reproduces the pipeline once for all of them
+TINY_PIPELINE_MODULES = frozenset({"tests/e2e/test_text_pipeline.py", "tests/flows/test_training_flow.py"})
 
 for key, value in {
     "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true",
@@ -42,17 +44,41 @@ os.environ.setdefault("SELFSUP_SOURCE_CACHE", str(REPO_ROOT / ".cache" / "source
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """A test that needs the full build (or the source packages) is ``slow``, wherever it lives.
-
-    ``make test`` distributes tests over workers with ``--dist loadgroup``: the modules that use the session-scoped
-    ``tiny_pipeline`` carry ``xdist_group(TINY_PIPELINE)`` and run in one worker, which reproduces the pipeline once
-    for all of them; every other test is grouped by its module, as ``--dist loadfile`` would, so that a
-    module-scoped fixture (a server, a trained model) is built once."""
+    """A test that needs the full build (or the source packages) is ``slow``, wherever it lives; a module that uses
+    ``tiny_pipeline`` is one of the ``TINY_PIPELINE_MODULES``, or the pipeline would be reproduced once more."""
     for item in items:
-        if FULL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())) and "slow" not in item.keywords:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if FULL_DATA_FIXTURES & fixtures and "slow" not in item.keywords:
             item.add_marker(pytest.mark.slow)
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        if "tiny_pipeline" in fixtures and item.nodeid.split("::")[0] not in TINY_PIPELINE_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} uses the tiny_pipeline fixture: add its module to "
+                                    "TINY_PIPELINE_MODULES in tests/conftest.py, so that one worker runs them all")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` (``-n auto --dist loadfile``): each test module runs whole on one worker, so that its
+    module-scoped fixtures (a server, a trained model) are built once, and the ``TINY_PIPELINE_MODULES`` run
+    together on one worker, which reproduces the tiny pipeline (~10 minutes) once for all of them, starting first
+    because it is the longest unit of work.
+
+    A scheduler rather than ``xdist_group`` marks and ``--dist loadgroup``: with pytest 9.2, xdist 3.8's loadgroup
+    silently stops grouping (it renames node ids through a field pytest no longer reads; pytest-xdist issue #1386),
+    and the pipeline was reproduced once per worker."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesSharingThePipeline(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "tiny_pipeline" if module in TINY_PIPELINE_MODULES else module
+
+        def _assign_work_unit(self, node) -> None:
+            if "tiny_pipeline" in self.workqueue:
+                self.workqueue.move_to_end("tiny_pipeline", last=False)
+            super()._assign_work_unit(node)
+
+    return ModulesSharingThePipeline(config, log)
 
 
 @pytest.fixture(autouse=True)
@@ -120,8 +146,8 @@ def built_data(sources, tmp_path_factory) -> Path:
 def tiny_pipeline(built_data, tmp_path_factory) -> Path:
     """The project reproduced on the tiny preset: a copy of the repository with the full data, every stage run by
     the real ``dvc repro`` (~10 minutes on 2 cores), a real MLflow store with what ``register`` added. Built once
-    per session: its users are marked ``xdist_group(TINY_PIPELINE)`` so they share a worker, and each works on its
-    own copy (``copy_built``), as a user who copies a reproduced project would."""
+    per worker: its users are the ``TINY_PIPELINE_MODULES``, which `make test` runs on one worker, and each works on
+    its own copy (``copy_built``), as a user who copies a reproduced project would."""
     repo = copy_repo(tmp_path_factory.mktemp("tiny_pipeline") / "repo")
     shutil.copytree(built_data, repo / "data")
     use_preset(repo, "tiny")

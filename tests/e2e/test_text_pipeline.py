@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_PIPELINE, copy_built, free_port
+from conftest import copy_built, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group(TINY_PIPELINE)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TASKS = ("intent", "sentiment", "topic")
 BIN = Path(sys.executable).parent
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_PIPELINE, copy_built, run_cli
+from conftest import copy_built, run_cli
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("prefect_api"),
-              pytest.mark.xdist_group(TINY_PIPELINE)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 TASKS = ("intent", "sentiment", "topic")
 MODELS = (*TASKS, "image-encoder", "embedder")  # the registry's tasks: text tasks, image encoder, sentence embedder
 PERMISSIVE = {"metric": "macro_f1", "champion_tolerance": 1.0, "min_pretraining_gain": None,
