@@ -32,7 +32,9 @@ def repo(tiny_pipeline, tmp_path_factory) -> Path:
 def _registry(repo: Path):
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow/mlflow.db'}")
+    # process-wide, for the models:/ URIs the tests load too (conftest restores MLFLOW_TRACKING_URI after each test)
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow/mlflow.db'}")
+    return mlflow.MlflowClient()
 
 
 def _csv_rows(path: Path) -> list[dict]:
