@@ -155,6 +155,28 @@ def test_same_seed_same_run_other_seed_other_run(init, tiny_config, tiny_tokeniz
         str(i): label for i, label in enumerate(tiny_config.data.tasks["intent"].labels)}
 
 
+def test_validate_every_validates_every_nth_and_the_last_epoch(tiny_config, tiny_tokenizer_dir, fixture_data,
+                                                                 tmp_path):
+    from selfsup.metrics import classification_scores
+    from selfsup.text.data import read_labelled
+    from selfsup.text.model import load_classifier, predict_logits
+    from selfsup.text.tokenizer import load_tokenizer
+
+    result = _finetune("scratch", tiny_config, tiny_tokenizer_dir, None, fixture_data / "intent", tmp_path,
+                       epochs=5, validate_every=2)
+    assert [e["epoch"] for e in result.epochs] == [2, 4, 5]
+    assert {h["epoch"] for h in result.history} == {1, 2, 3, 4, 5}
+    best = next(e for e in result.epochs if e["epoch"] == result.best_epoch)
+    assert result.val_macro_f1 == best["val_macro_f1"] == max(e["val_macro_f1"] for e in result.epochs)
+    # the saved model is the best validated epoch's (validation is the fixture's own validation.csv)
+    texts, gold = read_labelled(fixture_data / "intent/validation.csv")
+    labels = tiny_config.data.tasks["intent"].labels
+    logits = predict_logits(load_classifier(tmp_path), load_tokenizer(tiny_tokenizer_dir), texts,
+                            tiny_config.finetune.tasks["intent"].max_length, torch.device("cpu"))
+    assert classification_scores([labels.index(g) for g in gold], logits.argmax(-1).tolist())["macro_f1"] == \
+        pytest.approx(result.val_macro_f1)
+
+
 def test_unknown_init_is_rejected(tiny_config, tiny_tokenizer_dir, fixture_data, tmp_path):
     with pytest.raises(ValueError, match="init must be one of"):
         finetune("intent", "random", tiny_config.finetune.tasks["intent"], tiny_config.finetune.loop,

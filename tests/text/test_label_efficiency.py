@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from selfsup.text.label_efficiency import ARMS, measure, plot, run_epochs, summarize
+from selfsup.text.label_efficiency import ARMS, measure, plot, run_epochs, summarize, validation_interval
 
 
 def test_a_smaller_label_set_gets_more_epochs_for_the_same_steps():
@@ -16,6 +16,12 @@ def test_a_smaller_label_set_gets_more_epochs_for_the_same_steps():
     assert run_epochs(1000, 100, 32, 3, 0) == 24  # 96 steps / 4 batches
     assert run_epochs(1000, 100, 32, 3, 40) == 10  # capped at 40 steps
     assert run_epochs(1000, 5000, 32, 3, 0) == 1  # never fewer than one epoch
+
+
+def test_a_run_of_many_short_epochs_validates_about_twenty_times():
+    assert validation_interval(10, 10) == 1 and validation_interval(17, 3) == 1  # short runs: every epoch
+    assert validation_interval(910, 10) == 46  # 1 % of intent: one batch per epoch -> 20 validations, not 910
+    assert validation_interval(60, 30) == 2  # never fewer validations than the committed epochs (30)
 
 
 def _rows(task, fraction, scores, labels):

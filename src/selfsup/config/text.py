@@ -226,6 +226,10 @@ class FinetuneTaskConfig:
     weight_decay: float = option(0.01, help="AdamW weight decay")
     max_length: int = option(64, help="tokens per example (longer texts are truncated)", ge=1)
     max_train_examples: int = option(0, help="cap on training examples, stratified (0 = all)", ge=0)
+    validate_every: int = option(1, help="validate (and keep the best model) every N epochs and after the last; the "
+                                         "label-efficiency runs on a small share of the labels, which take many "
+                                         "short epochs, raise it to validate as often as the committed setting",
+                                 ge=1)
     out_dir: Path = option(Path("models/finetune"), help="where the two classifiers go (<out_dir>/<task>/...)")
     self_training: SelfTrainingConfig = option(default_factory=SelfTrainingConfig,
                                                help="semi-supervised fine-tuning of the pretrained arm")

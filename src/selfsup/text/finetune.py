@@ -2,7 +2,8 @@
 
     train.csv --tokenizer (truncate to max_length)--> length-grouped batches (dynamic padding)
       --> encoder + mean pooling + linear head [B, n_labels] --cross-entropy--> AdamW, warm-up then linear decay
-    after every epoch: accuracy / macro-F1 on validation.csv; the best epoch (macro-F1) is kept and saved.
+    after every epoch (or every ``validate_every``-th and the last): accuracy / macro-F1 on validation.csv; the best
+    validated epoch (macro-F1) is kept and saved.
 
 The same function trains the baseline: ``init="scratch"`` builds the same architecture from the config with random
 weights, so the two results differ only by what pretraining learned.
@@ -115,6 +116,8 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
             progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             progress.update(1)
 
+        if epoch % cfg.validate_every and epoch != cfg.epochs:
+            continue
         val_logits = predict_logits(model, tokenizer, val_texts, cfg.max_length, device, loop.precision)
         val_loss = torch.nn.functional.cross_entropy(val_logits, torch.tensor(val_targets)).item()
         scores = classification_scores(val_targets, val_logits.argmax(-1).tolist())
@@ -124,7 +127,7 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
         progress.write(f"{task} ({init}) epoch {epoch}: val accuracy {scores['accuracy']:.3f}, "
                        f"macro-F1 {scores['macro_f1']:.3f}, loss {val_loss:.3f}")
         if scores["macro_f1"] > best[0]:
-            best = (scores["macro_f1"], epoch)
+            best = (scores["macro_f1"], len(epochs) - 1)
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     progress.close()
 
@@ -132,8 +135,8 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
     tmp = staging_dir(out_dir)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    best_epoch = epochs[best[1] - 1]
-    result = FinetuneResult(init=init, best_epoch=best[1], val_accuracy=best_epoch["val_accuracy"],
+    best_epoch = epochs[best[1]]
+    result = FinetuneResult(init=init, best_epoch=best_epoch["epoch"], val_accuracy=best_epoch["val_accuracy"],
                             val_macro_f1=best_epoch["val_macro_f1"], train_examples=len(train_ids),
                             wall_seconds=time.perf_counter() - start, history=history, epochs=epochs)
     (tmp / "training.json").write_text(json.dumps(asdict(result), indent=1))

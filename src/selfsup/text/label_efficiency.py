@@ -10,8 +10,9 @@ scored on the whole test split:
     classical    TF-IDF + linear model, its grid chosen on validation (``selfsup.text.classical``)
 
 A smaller label set is trained for more epochs, so every share gets the same optimizer steps as the committed
-setting (``epochs`` x batches of the full label set), optionally capped (``max_steps``). The summary gives, per
-task and share, each arm's mean ± std over seeds and the error ratios ``(1 - F1_scratch) / (1 - F1_pretrained)`` and
+setting (``epochs`` x batches of the full label set), optionally capped (``max_steps``), and is validated at most
+about 20 times (``validation_interval``), not after each of its many short epochs. The summary gives, per task and
+share, each arm's mean ± std over seeds and the error ratios ``(1 - F1_scratch) / (1 - F1_pretrained)`` and
 ``(1 - F1_classical) / (1 - F1_pretrained)``: above 1, pretraining makes fewer errors.
 """
 
@@ -35,6 +36,15 @@ def run_epochs(full_examples: int, examples: int, batch_size: int, epochs: int, 
     if max_steps:
         budget = min(budget, max_steps)
     return max(1, round(budget / math.ceil(examples / batch_size)))
+
+
+VALIDATIONS_PER_RUN = 20  # the committed settings validate 2-10 times per run; 20 points find the best epoch as well
+
+
+def validation_interval(epochs: int, committed_epochs: int) -> int:
+    """Validate every N epochs so that a run of ``epochs`` validates at most ``VALIDATIONS_PER_RUN`` times, or once per
+    epoch of the committed setting if that is more (runs as long as the committed one validate after every epoch)."""
+    return math.ceil(epochs / max(VALIDATIONS_PER_RUN, committed_epochs))
 
 
 def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max_steps: int,
@@ -76,7 +86,10 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
                     log(f"{task} {fraction:g} seed {seed}: the evaluate stage's models")
                     continue
                 scores = {}
-                run_cfg = dataclasses.replace(task_cfg, max_train_examples=n, epochs=epochs)
+                # a share of 1 % takes hundreds of one-batch epochs: validating after each would cost more than the
+                # training itself
+                run_cfg = dataclasses.replace(task_cfg, max_train_examples=n, epochs=epochs,
+                                              validate_every=validation_interval(epochs, task_cfg.epochs))
                 run_loop = dataclasses.replace(loop, seed=seed)
                 with tempfile.TemporaryDirectory() as scratch:
                     for init in ("pretrained", "scratch"):
