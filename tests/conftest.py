@@ -151,10 +151,7 @@ def tiny_pipeline(built_data, tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("tiny_pipeline") / "repo")
     shutil.copytree(built_data, repo / "data")
     use_preset(repo, "tiny")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, capture_output=True,
-                            text=True, env=env)
+    result = run_tool(repo, "dvc", "repro")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return repo
 
@@ -163,7 +160,7 @@ def copy_built(repo: Path, dest: Path) -> Path:
     """A copy of a reproduced project (git history, DVC cache, MLflow store and all) at ``dest``; the first MLflow
     call in the copy points its store at the copy's own artifacts."""
     shutil.copytree(repo, dest, symlinks=True)
-    listed = run_cli(["registry", "list"], dest, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    listed = run_tool(dest, "selfsup", "registry", "list")
     assert listed.returncode == 0 and "now in" in listed.stderr, listed.stderr
     return dest
 
@@ -216,6 +213,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+VENV_BIN = Path(sys.executable).parent  # this venv's dvc, selfsup, mlflow, prefect
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell in the project gives its tools: this venv's tools first on PATH, and no
+    ``MLFLOW_TRACKING_URI``, so that each copy of the project uses the MLflow store its params.yaml names."""
+    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", **extra)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_tool(repo: Path, tool: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run this venv's ``tool`` (``dvc``, ``selfsup``, ...) in ``repo`` as a user would (``tool_env``)."""
+    return subprocess.run([str(VENV_BIN / tool), *args], cwd=repo, capture_output=True, text=True, env=tool_env(),
+                          **kwargs)
 
 
 def run_cli(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo
+from conftest import copy_repo, run_tool
 
 pytestmark = pytest.mark.e2e
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    import os
-    import sys
-
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, capture_output=True,
-                          text=True, env=env)
+    return run_tool(repo, "dvc", *args)
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,16 @@ temporary copy of the repository: validate_images -> pretrain_ssl -> evaluate_ss
 the `register` stage's, after the text exports too: tests/e2e/test_text_pipeline.py runs the whole pipeline."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo, use_preset
+from conftest import copy_repo, run_tool, use_preset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-BIN = Path(sys.executable).parent
 STAGES = {"validate_images", "pretrain_ssl", "evaluate_ssl", "export_ssl"}
-
-
-def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([str(BIN / cmd[0]), *cmd[1:]], cwd=repo, capture_output=True, text=True, env=env)
 
 
 def _ran(result: subprocess.CompletedProcess) -> set[str]:
@@ -33,7 +24,7 @@ def repo(built_data, tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("image_pipeline") / "repo")
     shutil.copytree(built_data, repo / "data")
     use_preset(repo, "tiny")
-    result = _run(repo, "dvc", "repro", "export_ssl")
+    result = run_tool(repo, "dvc", "repro", "export_ssl")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert _ran(result) == STAGES
     return repo
@@ -70,18 +61,18 @@ def test_export_ssl_registers_nothing_and_register_waits_for_every_export(repo):
     assert exported.data.metrics["onnx_label_agreement"] >= 0.999
     # registration is the register stage's, after the text exports too (tests/e2e/test_text_pipeline.py runs it)
     assert client.search_model_versions("name='selfsup-image-encoder'") == []
-    refused = _run(repo, "selfsup", "register")
+    refused = run_tool(repo, "selfsup", "register")
     assert refused.returncode == 1 and "cannot register: missing" in refused.stderr, refused.stderr
     assert client.search_model_versions("name='selfsup-image-encoder'") == []
 
 
 def test_second_repro_is_a_noop(repo):
-    again = _run(repo, "dvc", "repro", "export_ssl")
+    again = run_tool(repo, "dvc", "repro", "export_ssl")
     assert again.returncode == 0 and _ran(again) == set()
 
 
 def test_another_method_is_one_exp_run_away(repo):
-    result = _run(repo, "dvc", "exp", "run", "export_ssl", "-S", "vision.pretrain.method=byol")
+    result = run_tool(repo, "dvc", "exp", "run", "export_ssl", "-S", "vision.pretrain.method=byol")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert _ran(result) == {"pretrain_ssl", "evaluate_ssl", "export_ssl"}
     assert json.loads((repo / "artifacts/pretrain_ssl/metrics.json").read_text())["method"] == "byol"

@@ -3,24 +3,16 @@ real onnxruntime, on the tiny preset, in a temporary copy of the repository."""
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_built, free_port
+from conftest import VENV_BIN, copy_built, free_port, run_tool, tool_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TASKS = ("intent", "sentiment", "topic")
-BIN = Path(sys.executable).parent
-
-
-def _run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([str(BIN / cmd[0]), *cmd[1:]], cwd=repo, capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +138,7 @@ def test_served_onnx_model_reproduces_the_evaluated_predictions(repo, task):
 
 
 def test_dvc_metrics_and_plots_are_readable(repo):
-    shown = _run(repo, "dvc", "metrics", "show", "--json")
+    shown = run_tool(repo, "dvc", "metrics", "show", "--json")
     assert shown.returncode == 0, shown.stderr
     (workspace,) = json.loads(shown.stdout).values()
     metrics = {path: entry["data"] for path, entry in workspace["data"].items()}
@@ -155,7 +147,7 @@ def test_dvc_metrics_and_plots_are_readable(repo):
             path = f"artifacts/{stage}/{task}/metrics.json"
             assert metrics[path] == json.loads((repo / path).read_text())
     assert metrics["artifacts/pretrain/metrics.json"]["steps"] == 6
-    status = _run(repo, "dvc", "status")
+    status = run_tool(repo, "dvc", "status")
     assert "Data and pipelines are up to date" in status.stdout
 
 
@@ -249,7 +241,7 @@ def test_register_stage_registers_the_embedder_with_its_indexes(repo, tmp_path):
 
 
 def test_predict_serves_the_exported_model(repo):
-    result = _run(repo, "selfsup", "predict", "--model", "models/onnx/intent", "my bag did not arrive in Boston")
+    result = run_tool(repo, "selfsup", "predict", "--model", "models/onnx/intent", "my bag did not arrive in Boston")
     assert result.returncode == 0, result.stderr
     label = result.stdout.split("\t")[0]
     assert label in json.loads((repo / "models/onnx/intent/labels.json").read_text())
@@ -261,18 +253,16 @@ def test_serve_answers_after_the_gate_and_says_what_to_run_before(repo):
     import time
     import urllib.request
 
-    before = _run(repo, "selfsup", "serve", "serve.tasks=[intent]")
+    before = run_tool(repo, "selfsup", "serve", "serve.tasks=[intent]")
     assert before.returncode == 2 and "selfsup registry gate" in before.stderr, before.stderr[-2000:]
     # the tiny preset's models are far below the CPU default's gate thresholds: relax them for intent only
     relaxed = ["gate.tasks.intent.min_accuracy=0", "gate.tasks.intent.min_macro_f1=0",
                "gate.tasks.intent.max_classical_deficit=null"]
-    gated = _run(repo, "selfsup", "registry", "gate", "--task", "intent", *relaxed)
+    gated = run_tool(repo, "selfsup", "registry", "gate", "--task", "intent", *relaxed)
     assert gated.returncode == 0 and "champion" in gated.stdout, gated.stdout + gated.stderr
     port = free_port()
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    server = subprocess.Popen([str(BIN / "selfsup"), "serve", "--port", str(port), "serve.tasks=[intent]"], cwd=repo,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen([str(VENV_BIN / "selfsup"), "serve", "--port", str(port), "serve.tasks=[intent]"],
+                              cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120
         while True:
@@ -303,10 +293,9 @@ def test_serve_answers_after_the_gate_and_says_what_to_run_before(repo):
 ])
 def test_benchmark_runs_on_the_tiny_setting(repo, tmp_path, script, extra):
     """Each benchmark's --quick run on the pipeline's tiny models: it finishes and ends with its JSON line."""
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
     out = ["--out", str(tmp_path / "out")] if "label_efficiency" in script else []
     result = subprocess.run([sys.executable, script, "preset=tiny", "tracking.enabled=false", *extra, "--quick",
-                             *out], cwd=repo, capture_output=True, text=True, env=env, timeout=600)
+                             *out], cwd=repo, capture_output=True, text=True, env=tool_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     if "serve_load" in script:
@@ -323,7 +312,7 @@ def test_benchmark_runs_on_the_tiny_setting(repo, tmp_path, script, extra):
 
 
 def test_second_repro_is_a_noop_and_registers_nothing(repo):
-    again = _run(repo, "dvc", "repro")
+    again = run_tool(repo, "dvc", "repro")
     assert again.returncode == 0
     assert "Running stage" not in again.stdout
     assert len(_registry(repo).search_model_versions("name='selfsup-intent'")) == 1
@@ -335,7 +324,7 @@ def test_changing_one_task_reruns_only_that_task(repo):
     marker = "    intent:\n      epochs: 10\n      batch_size: 32\n"
     assert marker in text
     params.write_text(text.replace(marker, "    intent:\n      epochs: 10\n      batch_size: 16\n"))
-    result = _run(repo, "dvc", "repro")
+    result = run_tool(repo, "dvc", "repro")
     assert result.returncode == 0, result.stderr[-3000:]
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")}
     # label_efficiency reads every task's fine-tuning settings and evaluation: it reruns too
