@@ -59,3 +59,25 @@ def test_classifier_loads_the_pretrained_encoder(tmp_path):
     assert torch.equal(again.classifier.weight, clf.classifier.weight)
     with pytest.raises(ValueError, match="num_labels must be >= 2"):
         classifier_from_scratch(TINY, 50, 0, ["only"])
+
+
+def test_loading_the_mlm_checkpoint_prints_no_load_report(tmp_path, capsys, caplog):
+    """The MLM head left out and the new classifier head are what fine-tuning expects: no report on every run."""
+    from selfsup.text.model import classifier_from_pretrained
+    from selfsup.text.simcse import load_encoder
+
+    masked_lm(TINY, vocab_size=50, pad_token_id=0).save_pretrained(str(tmp_path / "mlm"))
+    classifier_from_pretrained(tmp_path / "mlm", ["a", "b"])
+    load_encoder(tmp_path / "mlm")
+    captured = capsys.readouterr()
+    assert "LOAD REPORT" not in captured.out + captured.err + caplog.text
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_with_the_folder_and_keys(tmp_path):
+    from selfsup.text.model import load_classifier
+
+    masked_lm(TINY, vocab_size=50, pad_token_id=0).save_pretrained(str(tmp_path / "mlm"))
+    # an MLM checkpoint is not a fine-tuned classifier: its head is missing and the MLM head is left over
+    with pytest.raises(ValueError, match=r"mlm: the checkpoint does not fit MeanPoolClassifier: missing "
+                                         r"\['classifier.bias', 'classifier.weight'\], unexpected \['cls.predictions"):
+        load_classifier(tmp_path / "mlm")

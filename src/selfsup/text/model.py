@@ -98,15 +98,46 @@ def classifier_from_scratch(model: ModelConfig, vocab_size: int, pad_token_id: i
     return _mean_pool_classifier_class()(config)
 
 
+MLM_HEAD = "cls.predictions."  # BertForMaskedLM's vocabulary head: in every MLM checkpoint, used by no other model
+
+
+def load_checked(model_class, folder, *, new: tuple[str, ...] = (), dropped: tuple[str, ...] = (), **kwargs):
+    """``model_class.from_pretrained(folder)`` that accepts only the differences it is told to expect.
+
+    ``new``: name prefixes of parameters the checkpoint may lack (a fresh head); ``dropped``: prefixes of checkpoint
+    weights the model may leave out (the MLM head). transformers only logs any other difference (and prints its
+    load report for the expected ones on every run); here a checkpoint that does not fit, such as a folder from
+    another architecture, is an error naming the folder and the keys.
+    """
+    import logging
+
+    report_logger = logging.getLogger("transformers.modeling_utils")  # where the load report goes
+    level = report_logger.level
+    report_logger.setLevel(logging.ERROR)
+    try:
+        model, info = model_class.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                                  **kwargs)
+    finally:
+        report_logger.setLevel(level)
+    missing = sorted(key for key in info["missing_keys"] if not key.startswith(new))
+    unexpected = sorted(key for key in info["unexpected_keys"] if not key.startswith(dropped))
+    mismatched = sorted(str(key) for key in info["mismatched_keys"])
+    if missing or unexpected or mismatched:
+        raise ValueError(f"{folder}: the checkpoint does not fit {model_class.__name__}: "
+                         f"missing {missing[:10]}, unexpected {unexpected[:10]}, wrong shape {mismatched[:10]} "
+                         f"({len(missing)}, {len(unexpected)} and {len(mismatched)} in all)")
+    return model
+
+
 def classifier_from_pretrained(folder, labels: list[str]):
     """The pretrained encoder with a new mean-pooling classification head (the MLM head is dropped)."""
-    return _mean_pool_classifier_class().from_pretrained(str(folder), local_files_only=True,
-                                                         attn_implementation="sdpa", **_label_maps(labels))
+    return load_checked(_mean_pool_classifier_class(), folder, new=("classifier.",), dropped=(MLM_HEAD,),
+                        attn_implementation="sdpa", **_label_maps(labels))
 
 
 def load_classifier(folder):
     """A fine-tuned classifier saved by the finetune recipe."""
-    return _mean_pool_classifier_class().from_pretrained(str(folder), local_files_only=True)
+    return load_checked(_mean_pool_classifier_class(), folder)
 
 
 def mlm_loss(model, input_ids, labels):

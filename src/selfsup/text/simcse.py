@@ -22,7 +22,7 @@ import torch
 
 from selfsup.config import SimCSEConfig
 from selfsup.fileio import replace_dir, staging_dir
-from selfsup.text.model import mean_pool
+from selfsup.text.model import MLM_HEAD, load_checked, mean_pool
 from selfsup.runtime import autocast, progress_bar, setup
 from selfsup.tracking import NullTracker, Tracker
 
@@ -57,8 +57,8 @@ def load_encoder(folder: Path, dropout: float | None = None):
     config = BertConfig.from_pretrained(str(folder), local_files_only=True)
     if dropout is not None:
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
-    return BertModel.from_pretrained(str(folder), config=config, add_pooling_layer=False, local_files_only=True,
-                                     attn_implementation="sdpa")
+    return load_checked(BertModel, folder, dropped=(MLM_HEAD,), config=config, add_pooling_layer=False,
+                        attn_implementation="sdpa")
 
 
 @dataclass
