@@ -165,6 +165,9 @@ def test_materialize_rebuilds_exactly_what_data_dvc_records(tmp_path, sources):
     result = run_cli(["data", "materialize"], cwd=repo)
     assert result.returncode == 0, result.stderr
     assert "byte-identical to data.dvc" in result.stdout
+    # one line that says why, however many lines DVC's message has
+    assert "dvc pull could not fetch data.dvc's data (Checkout failed for following targets: data Is your cache" \
+        in result.stdout.splitlines()[0], result.stdout
     # the second time, nothing to do
     again = run_cli(["data", "materialize"], cwd=repo)
     assert again.returncode == 0 and "already matches data.dvc" in again.stdout

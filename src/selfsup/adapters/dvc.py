@@ -35,7 +35,8 @@ def pull(root: Path, target: str = "data.dvc") -> tuple[bool, str]:
             repo.pull(targets=[target])
         return True, "pulled from the DVC remote"
     except DvcException as err:
-        return False, f"dvc pull failed: {err}"
+        reason = " ".join(str(err).split()).rstrip(":") or type(err).__name__  # DVC's message spans lines
+        return False, f"dvc pull could not fetch {target}'s data ({reason})"
 
 
 def commit_to_cache(root: Path, target: str = "data.dvc") -> None:
