@@ -101,6 +101,13 @@ def classifier_from_scratch(model: ModelConfig, vocab_size: int, pad_token_id: i
 MLM_HEAD = "cls.predictions."  # BertForMaskedLM's vocabulary head: in every MLM checkpoint, used by no other model
 
 
+class _BelowError:
+    """A logging filter that lets only errors through."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= 40  # logging.ERROR
+
+
 def load_checked(model_class, folder, *, new: tuple[str, ...] = (), dropped: tuple[str, ...] = (), **kwargs):
     """``model_class.from_pretrained(folder)`` that accepts only the differences it is told to expect.
 
@@ -111,14 +118,22 @@ def load_checked(model_class, folder, *, new: tuple[str, ...] = (), dropped: tup
     """
     import logging
 
+    from transformers.utils import logging as hf_logging
+
+    # A filter, not a higher level: transformers runs its tensor-parallel check, which warns "The following layers
+    # were not sharded" for every plain model, whenever this logger's level is WARNING or above.
     report_logger = logging.getLogger("transformers.modeling_utils")  # where the load report goes
-    level = report_logger.level
-    report_logger.setLevel(logging.ERROR)
+    drop_warnings = _BelowError()
+    report_logger.addFilter(drop_warnings)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load fills non-interactive stage logs
     try:
         model, info = model_class.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
                                                   **kwargs)
     finally:
-        report_logger.setLevel(level)
+        report_logger.removeFilter(drop_warnings)
+        if bars:
+            hf_logging.enable_progress_bar()
     missing = sorted(key for key in info["missing_keys"] if not key.startswith(new))
     unexpected = sorted(key for key in info["unexpected_keys"] if not key.startswith(dropped))
     mismatched = sorted(str(key) for key in info["mismatched_keys"])
