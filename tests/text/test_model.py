@@ -61,18 +61,19 @@ def test_classifier_loads_the_pretrained_encoder(tmp_path):
         classifier_from_scratch(TINY, 50, 0, ["only"])
 
 
-def test_loading_the_mlm_checkpoint_prints_no_load_report(tmp_path, capsys, caplog):
+def test_saving_and_loading_the_mlm_checkpoint_prints_no_load_report(tmp_path, tiny_tokenizer_dir, capsys, caplog):
     """The MLM head left out and the new classifier head are what fine-tuning expects: no report, no tensor-parallel
     warning and no progress bar in every stage's log."""
-    from selfsup.text.model import classifier_from_pretrained
+    from selfsup.text.model import classifier_from_pretrained, save_model
     from selfsup.text.simcse import load_encoder
+    from selfsup.text.tokenizer import load_tokenizer
 
-    masked_lm(TINY, vocab_size=50, pad_token_id=0).save_pretrained(str(tmp_path / "mlm"))
+    save_model(masked_lm(TINY, vocab_size=50, pad_token_id=0), load_tokenizer(tiny_tokenizer_dir), tmp_path / "mlm")
     classifier_from_pretrained(tmp_path / "mlm", ["a", "b"])
     load_encoder(tmp_path / "mlm")
     captured = capsys.readouterr()
     printed = captured.out + captured.err + caplog.text
-    for noise in ("LOAD REPORT", "not sharded", "Loading weights"):
+    for noise in ("LOAD REPORT", "not sharded", "Loading weights", "Writing model shards"):
         assert noise not in printed
 
 

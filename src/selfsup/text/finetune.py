@@ -23,7 +23,8 @@ from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig
 from selfsup.text.data import cap_stratified, read_labelled
 from selfsup.fileio import replace_dir, staging_dir
 from selfsup.metrics import classification_scores
-from selfsup.text.model import INITS, classifier_from_pretrained, classifier_from_scratch, collate, encode, predict_logits
+from selfsup.text.model import (INITS, classifier_from_pretrained, classifier_from_scratch, collate, encode, predict_logits,
+                                 save_model)
 from selfsup.text.tokenizer import load_tokenizer
 from selfsup.runtime import autocast, progress_bar, setup
 from selfsup.tracking import NullTracker, Tracker
@@ -133,8 +134,7 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
 
     model.load_state_dict(best_state)
     tmp = staging_dir(out_dir)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    save_model(model, tokenizer, tmp)
     best_epoch = epochs[best[1]]
     result = FinetuneResult(init=init, best_epoch=best_epoch["epoch"], val_accuracy=best_epoch["val_accuracy"],
                             val_macro_f1=best_epoch["val_macro_f1"], train_examples=len(train_ids),

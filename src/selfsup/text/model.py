@@ -3,6 +3,8 @@ stage shares (fine-tuning's validation, evaluation, the export's parity check)."
 
 from __future__ import annotations
 
+import contextlib
+
 from selfsup.config import ModelConfig
 
 INITS = ("pretrained", "scratch")  # a classifier starts from the MLM encoder, or from random weights
@@ -101,6 +103,28 @@ def classifier_from_scratch(model: ModelConfig, vocab_size: int, pad_token_id: i
 MLM_HEAD = "cls.predictions."  # BertForMaskedLM's vocabulary head: in every MLM checkpoint, used by no other model
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' own bars ("Loading weights", "Writing model shards") off: one per load or save fills the
+    non-interactive stage logs; the training loops have their own."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def save_model(model, tokenizer, folder) -> None:
+    """``model`` and ``tokenizer`` into ``folder`` (``save_pretrained``), without transformers' progress bar."""
+    with _no_progress_bars():
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+
+
 class _BelowError:
     """A logging filter that lets only errors through."""
 
@@ -118,22 +142,17 @@ def load_checked(model_class, folder, *, new: tuple[str, ...] = (), dropped: tup
     """
     import logging
 
-    from transformers.utils import logging as hf_logging
-
     # A filter, not a higher level: transformers runs its tensor-parallel check, which warns "The following layers
     # were not sharded" for every plain model, whenever this logger's level is WARNING or above.
     report_logger = logging.getLogger("transformers.modeling_utils")  # where the load report goes
     drop_warnings = _BelowError()
     report_logger.addFilter(drop_warnings)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load fills non-interactive stage logs
     try:
-        model, info = model_class.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
-                                                  **kwargs)
+        with _no_progress_bars():
+            model, info = model_class.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                                      **kwargs)
     finally:
         report_logger.removeFilter(drop_warnings)
-        if bars:
-            hf_logging.enable_progress_bar()
     missing = sorted(key for key in info["missing_keys"] if not key.startswith(new))
     unexpected = sorted(key for key in info["unexpected_keys"] if not key.startswith(dropped))
     mismatched = sorted(str(key) for key in info["mismatched_keys"])

@@ -40,7 +40,7 @@ from selfsup.distributed import (Ranks, all_reduce_sum, broadcast_from_main, dev
                                  ranks_from_env, share_cpu_threads)
 from selfsup.text.data import PackedCorpus, block_weights, pack_corpus, read_corpus, split_blocks
 from selfsup.fileio import replace_dir, staging_dir
-from selfsup.text.model import masked_lm, mlm_loss
+from selfsup.text.model import masked_lm, mlm_loss, save_model
 from selfsup.text.tokenizer import load_tokenizer
 from selfsup.runtime import autocast, progress_bar, setup
 from selfsup.tracking import NullTracker, Tracker
@@ -248,8 +248,7 @@ def _pretrain(cfg: PretrainConfig, corpus_path: Path, tokenizer_dir: Path, check
     if ranks.is_main:
         out_dir = Path(cfg.out_dir)
         tmp = staging_dir(out_dir)
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        save_model(model, tokenizer, tmp)
         replace_dir(tmp, out_dir)
         for leftover in (checkpoint_dir, checkpoint_dir.with_name(checkpoint_dir.name + ".tmp")):
             shutil.rmtree(leftover, ignore_errors=True)  # finished: nothing left to resume

@@ -22,7 +22,7 @@ import torch
 
 from selfsup.config import SimCSEConfig
 from selfsup.fileio import replace_dir, staging_dir
-from selfsup.text.model import MLM_HEAD, load_checked, mean_pool
+from selfsup.text.model import MLM_HEAD, load_checked, mean_pool, save_model
 from selfsup.runtime import autocast, progress_bar, setup
 from selfsup.tracking import NullTracker, Tracker
 
@@ -118,8 +118,7 @@ def train_simcse(cfg: SimCSEConfig, texts: list[str], mlm_dir: Path, out_dir: Pa
     wall = time.perf_counter() - started
 
     tmp = staging_dir(Path(out_dir))
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    save_model(model, tokenizer, tmp)
     replace_dir(tmp, Path(out_dir))
     last = history[-20:]
     return SimCSEResult(cfg.max_steps, len(texts), sum(h["loss"] for h in last) / len(last), wall,
