@@ -16,8 +16,11 @@ order into batches of 1, 8 and 64 (padded to the longest in the batch), tokenize
 interleaved (each round runs every variant over all texts, in a rotated order) so that load from other processes
 hits every variant alike; texts/s is the median over rounds and each speed-up is the median of the per-round ratios
 to PyTorch; p50 / p99 are per session call, over all rounds. onnxruntime runs with the service's session options
-(``selfsup.serve.runtime.session_options``: ``threads`` intra-op threads, no spinning). Accuracy and macro-F1 on the
-test labels and label agreement with PyTorch come from batch-64 predictions. Ends with one JSON line.
+(``selfsup.serve.runtime.session_options``: ``threads`` intra-op threads, no spinning); with more than one thread
+the served FP32 and INT8 graphs get a second row, "as served": like the service, a call of at most
+``SINGLE_THREAD_MAX_TOKENS`` padded tokens runs on a one-thread session (a lone short text), and the targets are
+read from that row. Accuracy and macro-F1 on the test labels and label agreement with PyTorch come from batch-64
+predictions. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from selfsup.metrics import classification_scores
-    from selfsup.serve.runtime import session_options
+    from selfsup.serve.runtime import SINGLE_THREAD_MAX_TOKENS, session_options
     from selfsup.text.data import read_labelled
     from selfsup.text.model import load_classifier
 
@@ -172,15 +175,29 @@ def main() -> None:
         with torch.inference_mode():
             return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
 
-    def onnx_runner(path: Path):
-        session = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                       providers=["CPUExecutionProvider"])
-        return lambda ids, mask: session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+    def onnx_runner(path: Path, as_served: bool = False):
+        """``as_served``: like the service, a call of at most SINGLE_THREAD_MAX_TOKENS padded tokens runs on a
+        one-thread session of the same graph."""
+        def session(n_threads: int):
+            return ort.InferenceSession(str(path), sess_options=session_options(n_threads),
+                                        providers=["CPUExecutionProvider"])
 
+        full = session(threads)
+        small = session(1) if as_served and threads > 1 else full
+        return lambda ids, mask: (small if ids.size <= SINGLE_THREAD_MAX_TOKENS else full).run(
+            ["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+
+    served_fp32 = "ort fp32 fused" if cfg.export.ort_fusion else "ort fp32"
+    served_int8 = "ort int8 fused" if cfg.export.ort_fusion else "ort int8"
     with tempfile.TemporaryDirectory() as scratch:
         graphs = build_graphs(model, task_cfg.max_length, cfg.export.opset, Path(scratch), args.extra)
         runners = {"pytorch eager fp32": eager, **{name: onnx_runner(path) for name, path in graphs.items()}}
         sizes = {name: path.stat().st_size for name, path in graphs.items()}
+        if threads > 1:  # the service's session choice, beside the same graph on `threads` threads for every call
+            for name in (served_fp32, served_int8):
+                runners[f"{name}, as served"] = onnx_runner(graphs[name], as_served=True)
+                sizes[f"{name}, as served"] = sizes[name]
+            served_fp32, served_int8 = f"{served_fp32}, as served", f"{served_int8}, as served"
 
         scores = {}
         full = batches(token_ids, 64, pad_id)
@@ -204,8 +221,6 @@ def main() -> None:
                                      "ratio": float(np.median(np.array(s["texts_per_s"]) / base))}
     load_after = os.getloadavg()
 
-    served_fp32 = "ort fp32 fused" if cfg.export.ort_fusion else "ort fp32"
-    served_int8 = "ort int8 fused" if cfg.export.ort_fusion else "ort int8"
     print(f"\n{args.task}: {len(texts)} test texts, {threads} thread(s), {rounds} round(s); {cpu_name()}, "
           f"{os.cpu_count()} cores; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print("\n| variant | batch | texts/s | p50 ms | p99 ms | x eager |\n|---|---:|---:|---:|---:|---:|")

@@ -51,15 +51,17 @@ class OnnxClassifier:
         """Token ids per text, truncated to ``max_length`` (no padding): the part that needs no session."""
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
-    def logits_of_ids(self, ids_per_text: list[list[int]]) -> np.ndarray:
-        """[N, n_labels] float32 logits of already tokenized texts, in one session call (padded to the longest)."""
+    def logits_of_ids(self, ids_per_text: list[list[int]], session=None) -> np.ndarray:
+        """[N, n_labels] float32 logits of already tokenized texts, in one call of ``session`` (default: the
+        folder's session; another session of the same model.onnx may run it with other options), padded to the
+        longest."""
         width = max(len(ids) for ids in ids_per_text)
         ids = np.full((len(ids_per_text), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(ids_per_text), width), dtype=np.int64)
         for row, token_ids in enumerate(ids_per_text):
             ids[row, : len(token_ids)] = token_ids
             mask[row, : len(token_ids)] = 1
-        return self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+        return (session or self.session).run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """[N, n_labels] float32 logits, in input order."""

@@ -35,6 +35,13 @@ def session_options(intra_op_threads: int):
     return options
 
 
+# A session call this small (texts x longest, in tokens) runs faster on one thread than split over several: handing
+# the work to a second thread costs more than it saves. Measured on an idle 2-core AMD EPYC (2026-12-02), INT8 intent
+# model, one thread vs two: 1 text (30 tokens) 1.41x faster, 2 texts 1.13x, 3 equal, 4 or more slower; one 50-token
+# topic text equal (benchmarks/RESULTS.md).
+SINGLE_THREAD_MAX_TOKENS = 64
+
+
 def session_calls(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
     """Indices of the sequences with ``lengths``, sorted by length and grouped into session calls whose padded
     size (sequences x the longest) stays within ``max_batch_tokens`` (a longer sequence gets a call of its own)."""
@@ -78,10 +85,23 @@ class TextModel:
     kind = "text"
 
     def __init__(self, folder: Path, intra_op_threads: int = 1, max_batch_tokens: int = 1024):
+        import onnxruntime as ort
+
         self.folder = Path(folder)
         self.classifier = OnnxClassifier(self.folder, session_options=session_options(intra_op_threads))
         self.labels = self.classifier.labels
         self.max_batch_tokens = max_batch_tokens
+        # the same model on one thread, for calls of at most SINGLE_THREAD_MAX_TOKENS (a lone request at low load)
+        self.one_thread_session = (ort.InferenceSession(str(self.folder / "model.onnx"),
+                                                        sess_options=session_options(1),
+                                                        providers=["CPUExecutionProvider"])
+                                   if intra_op_threads > 1 else None)
+
+    def session_for(self, texts: int, longest: int):
+        """The onnxruntime session for a call of ``texts`` texts padded to ``longest`` tokens."""
+        if self.one_thread_session is not None and texts * longest <= SINGLE_THREAD_MAX_TOKENS:
+            return self.one_thread_session
+        return self.classifier.session
 
     def prepare(self, texts: list[str]) -> list[Tokenized]:
         return [Tokenized(text, ids, self) for text, ids in zip(texts, self.classifier.encode(texts))]
@@ -100,7 +120,9 @@ class TextModel:
             token_ids[k] = ids
         out: list = [None] * len(token_ids)
         for call in session_calls([len(ids) for ids in token_ids], self.max_batch_tokens):
-            for i, probs in zip(call, softmax(self.classifier.logits_of_ids([token_ids[i] for i in call]))):
+            ids = [token_ids[i] for i in call]
+            session = self.session_for(len(ids), max(map(len, ids)))
+            for i, probs in zip(call, softmax(self.classifier.logits_of_ids(ids, session))):
                 out[i] = probs
             if on_call is not None:
                 on_call(len(call))
