@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,11 +112,16 @@ def export_text_graph(module: torch.nn.Module, path: Path, output: str, max_leng
     wrapper = module.eval()
     example = torch.full((2, 8), 5, dtype=torch.long)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=max_length)
-    torch.onnx.export(
-        wrapper, (example, torch.ones_like(example)), str(path), input_names=["input_ids", "attention_mask"],
-        output_names=[output], dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-        external_data=False, opset_version=opset, verbose=False,
-    )
+    with warnings.catch_warnings():
+        # both inputs share the batch and seq axes on purpose; torch warns once per shared axis that it keeps the
+        # name it already gave (the graph's axes are still named batch and seq)
+        warnings.filterwarnings("ignore", message=r"# The axis name: \w+ will not be used", category=UserWarning)
+        torch.onnx.export(
+            wrapper, (example, torch.ones_like(example)), str(path), input_names=["input_ids", "attention_mask"],
+            output_names=[output],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            external_data=False, opset_version=opset, verbose=False,
+        )
 
 
 def export_onnx(model, path: Path, max_length: int, opset: int) -> None:
