@@ -90,7 +90,9 @@ def test_registry_fetch_writes_a_folder_predict_loads_for_both_layouts(registry,
         dest = registry.root / "served" / alias
         assert main([*registry.params, "registry", "fetch", "intent", "--alias", alias, str(dest),
                      *registry.overrides]) == 0
-        assert capsys.readouterr().out.strip() == f"{NAME} v{version} (@{alias}) in {dest}"
+        printed = capsys.readouterr()
+        assert printed.out.strip() == f"{NAME} v{version} (@{alias}) in {dest}"
+        assert "Downloading artifacts" not in printed.err  # no progress bar where nobody watches (a log, a pipe)
         assert {p.name for p in dest.iterdir()} == EXPORTED | {"version.json"}
         assert json.loads((dest / "version.json").read_text()) == {"name": NAME, "version": version, "alias": alias}
         assert _sha256(dest / "model.onnx") == _sha256(registry.export / "model.onnx")

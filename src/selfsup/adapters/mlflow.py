@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,6 +15,20 @@ from mlflow import MlflowClient
 from selfsup.config import TrackingConfig
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value (chars)
+
+
+@contextlib.contextmanager
+def _artifact_bars_only_on_a_terminal():
+    """MLflow's "Downloading artifacts" bar, unless the user set MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, only where
+    someone watches: in a stage's log file each download leaves a bar (22 in the register stage of one run)."""
+    if "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" in os.environ or sys.stderr.isatty():
+        yield
+        return
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
 
 
 def _connect(cfg: TrackingConfig) -> str:
@@ -392,7 +407,7 @@ def download_version(cfg: TrackingConfig, name: str, version: int, dest: Path,
     dest = Path(dest)
     staged = staging_dir(dest)
     try:
-        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, _artifact_bars_only_on_a_terminal():
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
             for item in _exported_files(local, f"{name} v{version}"):
                 shutil.copy(item, staged / item.name)
