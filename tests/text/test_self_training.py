@@ -19,6 +19,9 @@ def test_pool_leaves_out_every_labelled_text_up_to_case_and_spacing():
     assert len(unlabeled_pool(corpus * 1, ["tweets", "bbc_news"], [], max_pool=2, seed=0)) == 2
     with pytest.raises(ValueError, match=r"sources not in the corpus: \['reddit'\]"):
         unlabeled_pool(corpus, ["reddit"], [], 10, 0)
+    # the sentiment task's case: every tweet of the corpus is one of its labelled texts
+    with pytest.raises(ValueError, match=r"\['tweets'\]: no unlabeled text is left"):
+        unlabeled_pool(corpus, ["tweets"], [text for _, text in corpus], 10, 0)
 
 
 def test_pseudo_labels_respect_the_threshold_and_the_per_class_cap():

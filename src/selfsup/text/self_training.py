@@ -47,6 +47,9 @@ def unlabeled_pool(corpus: list[tuple[str, str]], sources: list[str], labelled_t
         raise ValueError(f"self_training.sources names sources not in the corpus: {unknown}")
     labelled = {dedup_key(text) for text in labelled_texts}
     pool = [text for source, text in corpus if source in sources and dedup_key(text) not in labelled]
+    if not pool:  # e.g. sentiment: every corpus tweet is one of its labelled tweets
+        raise ValueError(f"self_training.sources {sorted(sources)}: no unlabeled text is left, every one of their "
+                         f"corpus texts is a labelled text of this task; name other sources or leave self-training off")
     if len(pool) > max_pool:
         keep = sorted(random.Random(seed).sample(range(len(pool)), max_pool))
         pool = [pool[i] for i in keep]
@@ -90,12 +93,12 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-self-training-") as work:
         work = Path(work)
-        teacher = finetune(task, "pretrained", cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir,
-                           work / "teacher", tracker)
-
+        # the pool first: settings that leave it empty fail before any training
         labelled = [text for split in ("train", "validation", "test") for text in read_labelled(data_dir /
                                                                                                f"{split}.csv")[0]]
         pool = unlabeled_pool(read_corpus(corpus_path), st.sources, labelled, st.max_pool, loop.seed)
+        teacher = finetune(task, "pretrained", cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir,
+                           work / "teacher", tracker)
         device = setup(loop)
         logits = predict_logits(load_classifier(work / "teacher").to(device), load_tokenizer(work / "teacher"), pool,
                                 cfg.max_length, device, loop.precision)
