@@ -4,12 +4,15 @@ setting is chosen on) and test (reported, not chosen on).
 
 Needs the pipeline's tokenizer and pretrained encoder (``make run``); writes nothing into the pipeline's outputs.
 
-    python benchmarks/self_training.py [key=value overrides] --task intent [--seeds 1 2 3] [--quick]
+    python benchmarks/self_training.py [key=value overrides] --task intent [--seeds 1 2 3] [--fraction F] [--quick]
 
 (overrides go first: --seeds takes every number after it)
 
 Self-training settings come from ``finetune.tasks.<task>.self_training`` (overrides welcome, e.g.
 ``finetune.tasks.intent.self_training.confidence=0.8``); it is switched on here whatever ``enabled`` says.
+``--fraction F``: the teacher learns from that share of the training labels (a stratified sample per seed) with the
+label-efficiency grid's step budget (``selfsup.text.label_efficiency.run_epochs``), and the student gets the same
+number of optimizer steps over labels + pseudo-labels; without it, both train the committed epochs.
 Ends with one JSON line: mean validation / test macro-F1 of both and the mean gain.
 """
 
@@ -28,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="intent")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--fraction", type=float, default=None, help="share of the training labels (0, 1]")
     parser.add_argument("--quick", action="store_true", help="one seed, one epoch, a 200-text pool: a smoke test")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("overrides", nargs="*", help="params.yaml overrides")
@@ -49,6 +53,24 @@ def main() -> None:
     if args.quick:
         args.seeds, task_cfg, st = args.seeds[:1], dataclasses.replace(task_cfg, epochs=1), \
             dataclasses.replace(st, max_pool=200)
+    student_cfg = None
+    if args.fraction is not None:
+        from selfsup.text.label_efficiency import run_epochs, validation_interval
+
+        if not 0 < args.fraction <= 1:
+            parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
+        full = len(read_labelled(Path(spec.dir) / "train.csv")[0])
+        full = min(task_cfg.max_train_examples or full, full)
+        committed = task_cfg
+
+        def same_steps(examples: int):
+            epochs = 1 if args.quick else run_epochs(full, examples, committed.batch_size, committed.epochs, 0)
+            return dataclasses.replace(committed, max_train_examples=examples, epochs=epochs,
+                                       validate_every=validation_interval(epochs, committed.epochs))
+
+        task_cfg = same_steps(max(len(spec.labels), round(full * args.fraction)))
+        student_cfg = lambda examples: dataclasses.replace(same_steps(examples),  # noqa: E731
+                                                           max_train_examples=task_cfg.max_train_examples)
     texts, gold = read_labelled(Path(spec.dir) / "test.csv")
     label_id = {label: i for i, label in enumerate(spec.labels)}
     y_true = [label_id[g] for g in gold]
@@ -65,7 +87,8 @@ def main() -> None:
             # the teacher is the plain fine-tuning run (labels only, same seed): kept for the comparison
             kept, report = self_train(args.task, task_cfg, st, loop, cfg.pretrain.model, Path(spec.dir), spec.labels,
                                       Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir),
-                                      Path(scratch) / f"self{seed}", teacher_copy=Path(scratch) / f"plain{seed}")
+                                      Path(scratch) / f"self{seed}", teacher_copy=Path(scratch) / f"plain{seed}",
+                                      student_cfg=student_cfg)
             row = {"seed": seed, "plain_val": report["teacher_val_macro_f1"],
                    "plain_test": test_f1(Path(scratch) / f"plain{seed}"),
                    "student_val": report["student_val_macro_f1"], "chosen": report["chosen"],
@@ -74,7 +97,9 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    print(f"\n{datetime.date.today()}, CPU {platform.processor() or platform.machine()}; task {args.task}; "
+    share = f"{args.fraction:.0%} of the labels ({task_cfg.max_train_examples:,}), same steps for the student" \
+        if args.fraction is not None else "all labels"
+    print(f"\n{datetime.date.today()}, CPU {platform.processor() or platform.machine()}; task {args.task}, {share}; "
           f"confidence {st.confidence}, max_per_class {st.max_per_class}, pool {st.max_pool}")
     print("| seed | plain val | student val | kept | kept val | plain test | kept test | pseudo-labels |\n"
           "|---:|---:|---:|---|---:|---:|---:|---:|")

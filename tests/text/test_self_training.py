@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from selfsup.config import SelfTrainingConfig
+from selfsup.text.data import read_labelled
 from selfsup.text.self_training import select_pseudo_labels, self_train, unlabeled_pool
 
 
@@ -44,9 +45,19 @@ def test_self_training_loop_on_a_tiny_model(fixture_data, tiny_config, tiny_toke
     # confidence 0: every pool text gets a pseudo-label (capped per class), so the student surely trains on some
     st = SelfTrainingConfig(enabled=True, sources=["tweets"], max_pool=40, confidence=0.0, max_per_class=5)
     out = tmp_path / "out" / "pretrained"
+    asked = []
+
+    def student_cfg(examples: int):  # e.g. the same optimizer steps as the teacher (benchmarks/self_training.py)
+        asked.append(examples)
+        return dataclasses.replace(task_cfg, epochs=1)
+
     result, report = self_train("intent", task_cfg, st, tiny_config.finetune.loop, tiny_config.pretrain.model,
                                 fixture_data / "intent", tiny_config.data.tasks["intent"].labels,
-                                fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "mlm", out)
+                                fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "mlm", out,
+                                student_cfg=student_cfg)
+    train_labels = len(read_labelled(fixture_data / "intent/train.csv")[0])
+    assert asked == [train_labels + report["pseudo_labels"]]  # the student's examples: labels + pseudo-labels
+    assert (report["teacher_epochs"], report["student_epochs"]) == (2, 1)
     saved = json.loads((out / "self_training.json").read_text())
     assert saved["chosen"] == report["chosen"] in ("teacher", "student")
     assert 0 < report["pseudo_labels"] <= 5 * 8 and report["pseudo_labels"] == sum(report["pseudo_per_class"].values())

@@ -21,6 +21,7 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -76,10 +77,13 @@ def select_pseudo_labels(probabilities: np.ndarray, texts: list[str], labels: li
 
 def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop: TrainLoopConfig,
                model_cfg: ModelConfig, data_dir: Path, labels: list[str], corpus_path: Path, tokenizer_dir: Path,
-               pretrained_dir: Path, out_dir: Path, tracker=None, teacher_copy: Path | None = None):
+               pretrained_dir: Path, out_dir: Path, tracker=None, teacher_copy: Path | None = None,
+               student_cfg: Callable[[int], FinetuneTaskConfig] | None = None):
     """Teacher, pseudo-labels, student, choice (the module docstring); the chosen model goes to ``out_dir`` with a
     ``self_training.json`` report. Returns the chosen model's ``FinetuneResult`` and the report.
-    ``teacher_copy``: also keep the teacher there (benchmarks compare it with the student on test)."""
+    ``teacher_copy``: also keep the teacher there (benchmarks compare it with the student on test).
+    ``student_cfg(examples)``: the student's settings for its number of training examples (labels + pseudo-labels),
+    e.g. fewer epochs for the same optimizer steps as the teacher; default: the teacher's settings."""
     import shutil
 
     import torch
@@ -105,13 +109,16 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
         pseudo = select_pseudo_labels(torch.softmax(logits, dim=-1).numpy(), pool, labels, st.confidence,
                                       st.max_per_class)
 
-        student = finetune(task, "pretrained", cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir,
-                           work / "student", tracker, extra=(pseudo.texts, pseudo.labels))
+        train_examples = len(read_labelled(data_dir / "train.csv")[0])
+        train_examples = min(cfg.max_train_examples or train_examples, train_examples)  # finetune's cap
+        student_settings = student_cfg(train_examples + len(pseudo.texts)) if student_cfg else cfg
+        student = finetune(task, "pretrained", student_settings, loop, model_cfg, data_dir, labels, tokenizer_dir,
+                           pretrained_dir, work / "student", tracker, extra=(pseudo.texts, pseudo.labels))
         chosen = "student" if student.val_macro_f1 > teacher.val_macro_f1 else "teacher"
         report = {"chosen": chosen, "teacher_val_macro_f1": teacher.val_macro_f1,
                   "student_val_macro_f1": student.val_macro_f1, "pool": pseudo.pool_size,
                   "pseudo_labels": len(pseudo.texts), "pseudo_per_class": pseudo.per_class,
-                  "settings": asdict(st)}
+                  "teacher_epochs": cfg.epochs, "student_epochs": student_settings.epochs, "settings": asdict(st)}
         if teacher_copy is not None:
             shutil.copytree(work / "teacher", teacher_copy)
         (work / chosen / "self_training.json").write_text(json.dumps(report, indent=1))
