@@ -23,8 +23,8 @@ from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig
 from selfsup.text.data import cap_stratified, read_labelled
 from selfsup.fileio import replace_dir, staging_dir
 from selfsup.metrics import classification_scores
-from selfsup.text.model import (INITS, classifier_from_pretrained, classifier_from_scratch, collate, encode, predict_logits,
-                                 save_model)
+from selfsup.text.model import (INITS, classifier_from_pretrained, classifier_from_scratch, collate, encode,
+                                 predict_logits, save_model)
 from selfsup.text.tokenizer import load_tokenizer
 from selfsup.runtime import autocast, progress_bar, setup
 from selfsup.tracking import NullTracker, Tracker

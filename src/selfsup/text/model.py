@@ -4,6 +4,7 @@ stage shares (fine-tuning's validation, evaluation, the export's parity check)."
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from selfsup.config import ModelConfig
 
@@ -125,11 +126,11 @@ def save_model(model, tokenizer, folder) -> None:
         tokenizer.save_pretrained(str(folder))
 
 
-class _BelowError:
+class _BelowError(logging.Filter):
     """A logging filter that lets only errors through."""
 
-    def filter(self, record) -> bool:
-        return record.levelno >= 40  # logging.ERROR
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def load_checked(model_class, folder, *, new: tuple[str, ...] = (), dropped: tuple[str, ...] = (), **kwargs):
@@ -140,8 +141,6 @@ def load_checked(model_class, folder, *, new: tuple[str, ...] = (), dropped: tup
     load report for the expected ones on every run); here a checkpoint that does not fit, such as a folder from
     another architecture, is an error naming the folder and the keys.
     """
-    import logging
-
     # A filter, not a higher level: transformers runs its tensor-parallel check, which warns "The following layers
     # were not sharded" for every plain model, whenever this logger's level is WARNING or above.
     report_logger = logging.getLogger("transformers.modeling_utils")  # where the load report goes
