@@ -102,3 +102,16 @@ def test_a_failing_store_is_not_an_empty_registry(cfg, onnx_file):
     _damage(cfg.tracking_uri.removeprefix("sqlite:///"), "registered_model_aliases")
     with pytest.raises(MlflowException, match="registered_model_aliases"):
         alias_version(cfg, MODEL, "champion")
+
+
+def test_registering_a_text_model_leaves_no_download_bar_in_a_log(cfg, tiny_onnx_classifier, capsys):
+    """Logging the pyfunc reads the model back from the artifact store; in a stage's log (not a terminal) MLflow's
+    "Downloading artifacts" bar would be left once per file and model."""
+    from selfsup.adapters.mlflow import TEXT_MODEL_FILES, register_onnx, standalone_run
+
+    with standalone_run(cfg, cfg.experiment, "register", {}) as tracker:
+        pass
+    extra = [tiny_onnx_classifier / name for name in TEXT_MODEL_FILES]
+    assert register_onnx(cfg, tracker.run_id, tiny_onnx_classifier / "model.onnx", MODEL, {}, {}, extra, "sha") \
+        == (1, True)
+    assert "Downloading artifacts" not in capsys.readouterr().err

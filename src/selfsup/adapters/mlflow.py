@@ -20,7 +20,8 @@ _MAX_PARAM = 6000  # MLflow's limit on a param value (chars)
 @contextlib.contextmanager
 def _artifact_bars_only_on_a_terminal():
     """MLflow's "Downloading artifacts" bar, unless the user set MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, only where
-    someone watches: in a stage's log file each download leaves a bar (22 in the register stage of one run)."""
+    someone watches: in a stage's log file each download leaves a bar (11 in the register stage of one run, from
+    logging the models, and one per registry download)."""
     if "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" in os.environ or sys.stderr.isatty():
         yield
         return
@@ -270,11 +271,14 @@ def register_onnx(cfg: TrackingConfig, run_id: str, onnx_path: Path, name: str, 
             if existing.tags.get("onnx_sha256") == fingerprint:
                 return int(existing.version), False
         is_text = set(TEXT_MODEL_FILES) <= {Path(p).name for p in extra_files}
-        with mlflow.start_run(run_id=run_id):
-            log = _log_text_pyfunc if is_text else _log_onnx_flavor
-            model_uri = log(Path(onnx_path), [Path(p) for p in extra_files])
-        all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **tags, "onnx_sha256": fingerprint}
-        version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in all_tags.items()}).version
+        # logging a model reads it back from the artifact store (a "Downloading artifacts" bar per model)
+        with _artifact_bars_only_on_a_terminal():
+            with mlflow.start_run(run_id=run_id):
+                log = _log_text_pyfunc if is_text else _log_onnx_flavor
+                model_uri = log(Path(onnx_path), [Path(p) for p in extra_files])
+            all_tags = {**{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}, **tags,
+                        "onnx_sha256": fingerprint}
+            version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in all_tags.items()}).version
     return int(version), True
 
 
