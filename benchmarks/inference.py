@@ -150,7 +150,7 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from selfsup.metrics import classification_scores
-    from selfsup.serve.runtime import SINGLE_THREAD_MAX_TOKENS, session_options
+    from selfsup.serve.runtime import runs_on_one_thread, session_options
     from selfsup.text.data import read_labelled
     from selfsup.text.model import load_classifier
 
@@ -176,15 +176,15 @@ def main() -> None:
             return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
 
     def onnx_runner(path: Path, as_served: bool = False):
-        """``as_served``: like the service, a call of at most SINGLE_THREAD_MAX_TOKENS padded tokens runs on a
-        one-thread session of the same graph."""
+        """``as_served``: like the service, a call small enough (``runs_on_one_thread``) runs on a one-thread session
+        of the same graph."""
         def session(n_threads: int):
             return ort.InferenceSession(str(path), sess_options=session_options(n_threads),
                                         providers=["CPUExecutionProvider"])
 
         full = session(threads)
         small = session(1) if as_served and threads > 1 else full
-        return lambda ids, mask: (small if ids.size <= SINGLE_THREAD_MAX_TOKENS else full).run(
+        return lambda ids, mask: (small if runs_on_one_thread(*ids.shape) else full).run(
             ["logits"], {"input_ids": ids, "attention_mask": mask})[0]
 
     served_fp32 = "ort fp32 fused" if cfg.export.ort_fusion else "ort fp32"

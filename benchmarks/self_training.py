@@ -11,7 +11,7 @@ Needs the pipeline's tokenizer and pretrained encoder (``make run``); writes not
 Self-training settings come from ``finetune.tasks.<task>.self_training`` (overrides welcome, e.g.
 ``finetune.tasks.intent.self_training.confidence=0.8``); it is switched on here whatever ``enabled`` says.
 ``--fraction F``: the teacher learns from that share of the training labels (a stratified sample per seed) with the
-label-efficiency grid's step budget (``selfsup.text.label_efficiency.run_epochs``), and the student gets the same
+label-efficiency grid's step budget (``selfsup.text.label_efficiency.share_settings``), and the student gets the same
 number of optimizer steps over labels + pseudo-labels; without it, both train the committed epochs.
 Ends with one JSON line: mean validation / test macro-F1 of both and the mean gain.
 """
@@ -55,22 +55,17 @@ def main() -> None:
             dataclasses.replace(st, max_pool=200)
     student_cfg = None
     if args.fraction is not None:
-        from selfsup.text.label_efficiency import run_epochs, validation_interval
+        from selfsup.text.label_efficiency import share_settings
 
         if not 0 < args.fraction <= 1:
             parser.error(f"--fraction must be in (0, 1], got {args.fraction}")
         full = len(read_labelled(Path(spec.dir) / "train.csv")[0])
         full = min(task_cfg.max_train_examples or full, full)
+        labelled = max(len(spec.labels), round(full * args.fraction))
+        max_steps = 1 if args.quick else 0  # --quick: one epoch (a run gets at least one)
         committed = task_cfg
-
-        def same_steps(examples: int):
-            epochs = 1 if args.quick else run_epochs(full, examples, committed.batch_size, committed.epochs, 0)
-            return dataclasses.replace(committed, max_train_examples=examples, epochs=epochs,
-                                       validate_every=validation_interval(epochs, committed.epochs))
-
-        task_cfg = same_steps(max(len(spec.labels), round(full * args.fraction)))
-        student_cfg = lambda examples: dataclasses.replace(same_steps(examples),  # noqa: E731
-                                                           max_train_examples=task_cfg.max_train_examples)
+        task_cfg = share_settings(committed, full, labelled, max_steps)
+        student_cfg = lambda examples: share_settings(committed, full, examples, max_steps, labelled)  # noqa: E731
     texts, gold = read_labelled(Path(spec.dir) / "test.csv")
     label_id = {label: i for i, label in enumerate(spec.labels)}
     y_true = [label_id[g] for g in gold]

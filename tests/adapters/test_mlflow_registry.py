@@ -37,12 +37,12 @@ def onnx_file(tmp_path):
     return identity_onnx(tmp_path / "model.onnx")
 
 
-def _register(cfg, onnx_file, fingerprint="sha-1"):
+def _register(cfg, onnx_file, fingerprint="sha-1", extra_files=()):
     from selfsup.adapters.mlflow import register_onnx, standalone_run
 
     with standalone_run(cfg, cfg.experiment, "register", {}) as tracker:
         pass
-    return register_onnx(cfg, tracker.run_id, onnx_file, MODEL, {"f1": 0.9}, {}, [], fingerprint)
+    return register_onnx(cfg, tracker.run_id, onnx_file, MODEL, {"f1": 0.9}, {}, list(extra_files), fingerprint)
 
 
 def _damage(db: str, table: str = "model_version_tags") -> None:
@@ -107,11 +107,8 @@ def test_a_failing_store_is_not_an_empty_registry(cfg, onnx_file):
 def test_registering_a_text_model_leaves_no_download_bar_in_a_log(cfg, tiny_onnx_classifier, capsys):
     """Logging the pyfunc reads the model back from the artifact store; in a stage's log (not a terminal) MLflow's
     "Downloading artifacts" bar would be left once per file and model."""
-    from selfsup.adapters.mlflow import TEXT_MODEL_FILES, register_onnx, standalone_run
+    from selfsup.adapters.mlflow import TEXT_MODEL_FILES
 
-    with standalone_run(cfg, cfg.experiment, "register", {}) as tracker:
-        pass
     extra = [tiny_onnx_classifier / name for name in TEXT_MODEL_FILES]
-    assert register_onnx(cfg, tracker.run_id, tiny_onnx_classifier / "model.onnx", MODEL, {}, {}, extra, "sha") \
-        == (1, True)
+    assert _register(cfg, tiny_onnx_classifier / "model.onnx", extra_files=extra) == (1, True)
     assert "Downloading artifacts" not in capsys.readouterr().err

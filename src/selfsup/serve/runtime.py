@@ -42,6 +42,11 @@ def session_options(intra_op_threads: int):
 SINGLE_THREAD_MAX_TOKENS = 64
 
 
+def runs_on_one_thread(texts: int, longest: int) -> bool:
+    """Whether a session call of ``texts`` texts padded to ``longest`` tokens is small enough for one thread."""
+    return texts * longest <= SINGLE_THREAD_MAX_TOKENS
+
+
 def session_calls(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
     """Indices of the sequences with ``lengths``, sorted by length and grouped into session calls whose padded
     size (sequences x the longest) stays within ``max_batch_tokens`` (a longer sequence gets a call of its own)."""
@@ -99,7 +104,7 @@ class TextModel:
 
     def session_for(self, texts: int, longest: int):
         """The onnxruntime session for a call of ``texts`` texts padded to ``longest`` tokens."""
-        if self.one_thread_session is not None and texts * longest <= SINGLE_THREAD_MAX_TOKENS:
+        if self.one_thread_session is not None and runs_on_one_thread(texts, longest):
             return self.one_thread_session
         return self.classifier.session
 

@@ -47,6 +47,15 @@ def validation_interval(epochs: int, committed_epochs: int) -> int:
     return math.ceil(epochs / max(VALIDATIONS_PER_RUN, committed_epochs))
 
 
+def share_settings(task_cfg, full_examples: int, examples: int, max_steps: int = 0, labelled: int | None = None):
+    """``task_cfg`` for a run on ``examples`` training examples: the committed setting's optimizer steps
+    (``run_epochs``, capped by ``max_steps``) and at most ``VALIDATIONS_PER_RUN`` validations. ``labelled``: how many
+    of the examples are labels (``max_train_examples``); default all (self-training adds pseudo-labels to them)."""
+    epochs = run_epochs(full_examples, examples, task_cfg.batch_size, task_cfg.epochs, max_steps)
+    return dataclasses.replace(task_cfg, max_train_examples=examples if labelled is None else labelled, epochs=epochs,
+                               validate_every=validation_interval(epochs, task_cfg.epochs))
+
+
 def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max_steps: int,
             evaluated: dict[str, dict] | None = None, log: Callable[[str], None] = print) -> list[dict]:
     """Every run of the grid, one row per (task, fraction, seed, arm): labels, epochs, test accuracy and macro-F1.
@@ -78,18 +87,16 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
         y_true = [label_id[g] for g in gold]
         for fraction in fractions:
             n = max(len(spec.labels), round(full * fraction))
-            epochs = run_epochs(full, n, task_cfg.batch_size, task_cfg.epochs, max_steps)
+            # a share of 1 % takes hundreds of one-batch epochs: validating after each would cost more than the
+            # training itself
+            run_cfg = share_settings(task_cfg, full, n, max_steps)
             for seed in seeds:
-                base = {"task": task, "fraction": fraction, "seed": seed, "labels": n, "epochs": epochs}
+                base = {"task": task, "fraction": fraction, "seed": seed, "labels": n, "epochs": run_cfg.epochs}
                 if fraction == 1.0 and seed == cfg.finetune.loop.seed and task in evaluated:
                     rows += [{**base, "epochs": task_cfg.epochs, "arm": arm, **evaluated[task][arm]} for arm in ARMS]
                     log(f"{task} {fraction:g} seed {seed}: the evaluate stage's models")
                     continue
                 scores = {}
-                # a share of 1 % takes hundreds of one-batch epochs: validating after each would cost more than the
-                # training itself
-                run_cfg = dataclasses.replace(task_cfg, max_train_examples=n, epochs=epochs,
-                                              validate_every=validation_interval(epochs, task_cfg.epochs))
                 run_loop = dataclasses.replace(loop, seed=seed)
                 with tempfile.TemporaryDirectory() as scratch:
                     for init in ("pretrained", "scratch"):
@@ -104,7 +111,7 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
                 pipeline, _ = fit_classical(texts, labels, val_texts, val_labels, cfg.finetune.classical, seed)
                 scores["classical"] = classification_scores(y_true, [label_id[p] for p in pipeline.predict(test_texts)])
                 rows += [{**base, "arm": arm, **scores[arm]} for arm in ARMS]
-                log(f"{task} {fraction:g} ({n:,} labels, {epochs} epochs) seed {seed}: macro-F1 " +
+                log(f"{task} {fraction:g} ({n:,} labels, {run_cfg.epochs} epochs) seed {seed}: macro-F1 " +
                     ", ".join(f"{arm} {scores[arm]['macro_f1']:.3f}" for arm in ARMS))
     return rows
 

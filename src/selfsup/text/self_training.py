@@ -109,9 +109,8 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
         pseudo = select_pseudo_labels(torch.softmax(logits, dim=-1).numpy(), pool, labels, st.confidence,
                                       st.max_per_class)
 
-        train_examples = len(read_labelled(data_dir / "train.csv")[0])
-        train_examples = min(cfg.max_train_examples or train_examples, train_examples)  # finetune's cap
-        student_settings = student_cfg(train_examples + len(pseudo.texts)) if student_cfg else cfg
+        # the student sees the teacher's (capped) labels plus the pseudo-labels
+        student_settings = student_cfg(teacher.train_examples + len(pseudo.texts)) if student_cfg else cfg
         student = finetune(task, "pretrained", student_settings, loop, model_cfg, data_dir, labels, tokenizer_dir,
                            pretrained_dir, work / "student", tracker, extra=(pseudo.texts, pseudo.labels))
         chosen = "student" if student.val_macro_f1 > teacher.val_macro_f1 else "teacher"
