@@ -20,6 +20,25 @@ def test_backbones_take_uint8_small_images(name, dim):
     assert torch.allclose(out, encoder(images.float() / 255), atol=1e-5)
 
 
+@pytest.mark.parametrize("name,channels", [("convnet", 32), ("resnet18", 512)])
+def test_a_pool_grid_keeps_a_grid_of_the_last_feature_map(name, channels):
+    encoder = build_backbone(name, in_channels=1, width=8, pool_grid=4).eval()
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    grid = encoder(images)
+    assert grid.shape == (2, channels * 16) == (2, encoder.out_dim)
+    # the grid's cells average to the global pool when they cover equal areas: 2x2 cells on the convnet's 7x7 map
+    # do not (7 is odd), so compare a 2x2 grid on a 32 px image (8x8 map) with global pooling
+    if name == "convnet":
+        two = build_backbone(name, 1, 8, pool_grid=2).eval()
+        one = build_backbone(name, 1, 8, pool_grid=1).eval()
+        one.load_state_dict(two.state_dict())
+        big = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+        cells = two(big).view(2, channels, 4)
+        assert torch.allclose(cells.mean(dim=2), one(big), atol=1e-5)
+    with pytest.raises(ValueError, match="pool_grid"):
+        build_backbone(name, pool_grid=0)
+
+
 def test_resnet18_keeps_resolution_in_the_stem():
     encoder = build_backbone("resnet18")
     assert encoder.net.conv1.stride == (1, 1) and isinstance(encoder.net.maxpool, nn.Identity)
@@ -76,3 +95,15 @@ def test_saved_encoder_loads_back_identically(tmp_path):
     save_encoder(encoder, tmp_path / "encoder.pt", "convnet", 4, 1, {"method": "simclr"})
     images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
     assert torch.equal(load_encoder(tmp_path / "encoder.pt")(images), encoder(images))
+
+
+def test_saved_encoder_keeps_its_pool_grid_and_older_files_pool_globally(tmp_path):
+    encoder = build_backbone("convnet", 1, 4, pool_grid=3).eval()
+    save_encoder(encoder, tmp_path / "grid.pt", "convnet", 4, 1, {}, pool_grid=3)
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    assert torch.equal(load_encoder(tmp_path / "grid.pt")(images), encoder(images))
+    assert load_encoder(tmp_path / "grid.pt").out_dim == 16 * 9
+    older = build_backbone("convnet", 1, 4).eval()
+    saved = {"backbone": "convnet", "width": 4, "in_channels": 1, "state_dict": older.state_dict()}
+    torch.save(saved, tmp_path / "older.pt")  # written before pool_grid was recorded
+    assert load_encoder(tmp_path / "older.pt").out_dim == 16

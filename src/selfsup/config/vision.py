@@ -81,6 +81,9 @@ class SSLPretrainConfig:
     backbone: str = option("convnet", help="convnet (small CPU CNN) | resnet18 (CIFAR-style stem for small images)",
                            choices=BACKBONES)
     width: int = option(32, help="channels of the first convnet stage (doubled per stage); resnet18 ignores it", ge=1)
+    pool_grid: int = option(1, help="the representation: the last feature map average-pooled to a grid x grid "
+                                    "(1: global average pool); the representation has channels x grid**2 values",
+                            ge=1)
     image_size: int = option(28, help="side of the augmented crops fed to the encoder", ge=1)
     projection_dim: int = option(128, help="output size of the projection head", ge=1)
     hidden_dim: int = option(512, help="hidden size of the projection/prediction MLPs", ge=1)

@@ -53,7 +53,8 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
     if cfg.method not in METHODS:
         raise ValueError(f"contrastive.train runs simclr or moco, not {cfg.method!r}")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    encoder = build_backbone(cfg.backbone, pool.shape[1], cfg.width).to(device, memory_format=memory_format)
+    encoder = build_backbone(cfg.backbone, pool.shape[1], cfg.width, cfg.pool_grid)
+    encoder = encoder.to(device, memory_format=memory_format)
     projector = MLPHead(encoder.out_dim, cfg.hidden_dim, cfg.projection_dim).to(device)
     share_batch_norm([encoder, projector], ranks, device)
     if cfg.method == "simclr":

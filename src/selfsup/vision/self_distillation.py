@@ -57,7 +57,8 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
     if cfg.method not in ("byol", "simsiam", "dino"):
         raise ValueError(f"self_distillation.train runs byol, simsiam or dino, not {cfg.method!r}")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    encoder = build_backbone(cfg.backbone, pool.shape[1], cfg.width).to(device, memory_format=memory_format)
+    encoder = build_backbone(cfg.backbone, pool.shape[1], cfg.width, cfg.pool_grid)
+    encoder = encoder.to(device, memory_format=memory_format)
     if cfg.method == "dino":
         head = DINOHead(encoder.out_dim, cfg.hidden_dim, cfg.dino_out_dim).to(device)
         loss_fn = DINOLoss(cfg.dino_out_dim, cfg.teacher_temperature, cfg.student_temperature,

@@ -113,7 +113,7 @@ def _pretrain_and_write(cfg: Config, params_file: Path, pool: np.ndarray, device
                                           cpu_seconds=time.process_time() - cpu_start)
         staging = staging_dir(Path(pc.out_dir))
         save_encoder(encoder.cpu().to(memory_format=torch.contiguous_format), staging / "encoder.pt", pc.backbone,
-                     pc.width, int(pool.shape[1]), {"method": pc.method, "image_size": pc.image_size})
+                     pc.width, int(pool.shape[1]), {"method": pc.method, "image_size": pc.image_size}, pc.pool_grid)
         replace_dir(staging, Path(pc.out_dir))
         per_step = {"embedding_std", "effective_rank"}  # already logged as curves, step by step
         tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in per_step})
@@ -161,7 +161,7 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     accuracy, at every label fraction; plots; the 100 %-labels probe for export."""
     from selfsup.vision.data import load_images, load_labels
     from selfsup.vision.evaluate import RawPixels, predict_classes, score_frozen, stratified_subset, train_supervised
-    from selfsup.vision.model import build_backbone, load_encoder
+    from selfsup.vision.model import backbone_like, load_encoder
     from selfsup.runtime import setup
     from selfsup.tracking import open_run
 
@@ -178,7 +178,7 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     saved = torch.load(encoder_path, map_location="cpu", weights_only=True)
     ssl_encoder = load_encoder(encoder_path).to(device)
     torch.manual_seed(seed)  # the random-init baseline starts where pretraining started
-    random_encoder = build_backbone(saved["backbone"], saved["in_channels"], saved["width"]).to(device)
+    random_encoder = backbone_like(saved).to(device)
 
     timings = {"load": time.perf_counter() - start}
     ssl, probe, ssl_features = score_frozen(ssl_encoder, pool, pool_labels, held, held_labels, len(classes), ec,
@@ -191,7 +191,7 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     for fraction in ec.label_fractions:
         subset = stratified_subset(pool_labels, fraction, seed)
         torch.manual_seed(seed)
-        model = train_supervised(build_backbone(saved["backbone"], saved["in_channels"], saved["width"]),
+        model = train_supervised(backbone_like(saved),
                                  pool[subset], pool_labels[subset], len(classes), ec.supervised_steps,
                                  ec.supervised_learning_rate, ec.supervised_batch_size, vc.pretrain.image_size,
                                  device, seed)
