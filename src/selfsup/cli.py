@@ -472,7 +472,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from selfsup.serve.build import build_app, parse_model_args, uvicorn_config
+    from selfsup.serve.build import build_app, parse_model_args, settle_heap, uvicorn_config
     from selfsup.serve.sources import NothingToServe
 
     cfg = load_config(args.params, args.overrides)
@@ -487,6 +487,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         version = "" if slot.current.version == "local" else f" v{slot.current.version}"
         print(f"serving {name}: {slot.current.name}{version} from {slot.current.source}", flush=True)
     print(f"listening on http://{host}:{port} (API docs: /docs, metrics: /metrics); Ctrl-C stops", flush=True)
+    settle_heap(cfg.serve.gc_threshold)
     # serve.*: connection limits (idle and slow connections, head size, keep-alive); docs/serving.md "Limits"
     uvicorn.Server(uvicorn_config(app, cfg.serve, host, port, log_level="info", access_log=args.access_log)).run()
     return 0

@@ -178,6 +178,10 @@ class ServeConfig:
                                    "calls of at most this many padded tokens (texts x longest)", ge=1)
     intra_op_threads: int = option(2, help="onnxruntime threads per session (measured: benchmarks/serve_load.py)",
                                    ge=1, le=256)
+    gc_threshold: int = option(10_000, help="allocations between the garbage collector's young-generation runs "
+                                            "once serving (Python's default: 700; 0 keeps it); what is loaded "
+                                            "before serving is frozen out of collection (selfsup.serve.build."
+                                            "settle_heap)", ge=0)
     top_k: int = option(3, help="labels returned per text unless a request asks for another number", ge=1)
     max_chars: int = option(2000, help="longest text accepted, in characters", ge=1)
     max_batch_items: int = option(64, help="most texts in one request", ge=1)

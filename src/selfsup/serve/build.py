@@ -86,6 +86,27 @@ def parse_model_args(values: list[str]) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------ the HTTP server
 
 
+def settle_heap(gen0_threshold: int) -> None:
+    """Call once, after the models are loaded and before serving: everything alive now (libraries, models, indexes)
+    moves to the collector's permanent generation (``gc.freeze``), and a young-generation collection runs every
+    ``gen0_threshold`` allocations instead of Python's 700.
+
+    Why: each request allocates a few hundred container objects, so with the defaults the collector runs several
+    times per request and now and then walks every object the process holds — a pause of tens of milliseconds that
+    every request in flight waits out. Measured with ``benchmarks/serve_load.py`` (2 cores, 64 clients): p99 85-105
+    ms with the defaults, 56 ms frozen, 41-48 ms frozen with a threshold of 10,000 (benchmarks/RESULTS.md,
+    2026-12-02). Objects are still freed by reference counting as usual; models loaded later (a hot reload) are not
+    frozen, so an old model's reference cycles are still collected.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    if gen0_threshold > 0:
+        gc.set_threshold(gen0_threshold, *gc.get_threshold()[1:])
+
+
+
 def guarded_protocol(head_timeout_seconds: float, max_head_bytes: int) -> type:
     """uvicorn's httptools protocol with two limits it lacks: a connection must send a whole request head within
     ``head_timeout_seconds`` of opening (or of its previous answer), and a head may not exceed ``max_head_bytes``.
