@@ -106,7 +106,6 @@ def settle_heap(gen0_threshold: int) -> None:
         gc.set_threshold(gen0_threshold, *gc.get_threshold()[1:])
 
 
-
 def guarded_protocol(head_timeout_seconds: float, max_head_bytes: int) -> type:
     """uvicorn's httptools protocol with two limits it lacks: a connection must send a whole request head within
     ``head_timeout_seconds`` of opening (or of its previous answer), and a head may not exceed ``max_head_bytes``.

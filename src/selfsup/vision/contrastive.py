@@ -24,7 +24,7 @@ from selfsup.config import SSLPretrainConfig
 from selfsup.distributed import Ranks, gather_rows, mean_over_ranks
 from selfsup.vision.augment import TwoViews
 from selfsup.vision.losses import InfoNCEWithQueue, MemoryQueue, NTXentLoss
-from selfsup.vision.model import MLPHead, build_backbone, frozen_copy, update_ema
+from selfsup.vision.model import MLPHead, backbone_for, frozen_copy, update_ema
 from selfsup.vision.ssl_common import (
     SSLCheckpoints, SSLResult, check_collapse, data_parallel, learning_rate_at, make_optimizer, monitor_collapse,
     pool_batches, set_learning_rate, share_batch_norm, this_ranks_rows,
@@ -53,8 +53,7 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
     if cfg.method not in METHODS:
         raise ValueError(f"contrastive.train runs simclr or moco, not {cfg.method!r}")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    encoder = build_backbone(cfg.backbone, pool.shape[1], cfg.width, cfg.pool_grid)
-    encoder = encoder.to(device, memory_format=memory_format)
+    encoder = backbone_for(cfg, pool.shape[1]).to(device, memory_format=memory_format)
     projector = MLPHead(encoder.out_dim, cfg.hidden_dim, cfg.projection_dim).to(device)
     share_batch_norm([encoder, projector], ranks, device)
     if cfg.method == "simclr":

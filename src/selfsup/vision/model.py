@@ -201,14 +201,23 @@ def save_encoder(encoder: nn.Module, path, backbone: str, width: int, in_channel
                 "state_dict": encoder.state_dict(), **extra}, path)
 
 
+def backbone_for(cfg, in_channels: int) -> nn.Module:
+    """A freshly initialised backbone as ``vision.pretrain`` (``cfg``: backbone, width, pool_grid) describes it."""
+    return build_backbone(cfg.backbone, in_channels, cfg.width, cfg.pool_grid)
+
+
 def backbone_like(saved: dict) -> nn.Module:
     """A freshly initialised backbone of the architecture recorded in a saved ``encoder.pt`` dict (encoders saved
     before ``pool_grid`` existed pooled globally)."""
     return build_backbone(saved["backbone"], saved["in_channels"], saved["width"], saved.get("pool_grid", 1))
 
 
-def load_encoder(path) -> nn.Module:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+def encoder_from(saved: dict) -> nn.Module:
+    """The trained encoder of a loaded ``encoder.pt`` dict, in eval mode."""
     encoder = backbone_like(saved)
     encoder.load_state_dict(saved["state_dict"])
     return encoder.eval()
+
+
+def load_encoder(path) -> nn.Module:
+    return encoder_from(torch.load(path, map_location="cpu", weights_only=True))

@@ -28,7 +28,7 @@ from selfsup.config import SSLPretrainConfig
 from selfsup.distributed import Ranks, gather_rows, mean_over_ranks
 from selfsup.vision.augment import TwoViews
 from selfsup.vision.losses import DINOLoss, NegativeCosineLoss
-from selfsup.vision.model import DINOHead, MLPHead, build_backbone, frozen_copy, update_ema
+from selfsup.vision.model import DINOHead, MLPHead, backbone_for, frozen_copy, update_ema
 from selfsup.vision.ssl_common import (
     SSLCheckpoints, SSLResult, check_collapse, data_parallel, learning_rate_at, make_optimizer, momentum_at,
     monitor_collapse, pool_batches, set_learning_rate, share_batch_norm, this_ranks_rows,
@@ -57,8 +57,7 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
     if cfg.method not in ("byol", "simsiam", "dino"):
         raise ValueError(f"self_distillation.train runs byol, simsiam or dino, not {cfg.method!r}")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    encoder = build_backbone(cfg.backbone, pool.shape[1], cfg.width, cfg.pool_grid)
-    encoder = encoder.to(device, memory_format=memory_format)
+    encoder = backbone_for(cfg, pool.shape[1]).to(device, memory_format=memory_format)
     if cfg.method == "dino":
         head = DINOHead(encoder.out_dim, cfg.hidden_dim, cfg.dino_out_dim).to(device)
         loss_fn = DINOLoss(cfg.dino_out_dim, cfg.teacher_temperature, cfg.student_temperature,

@@ -161,7 +161,7 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     accuracy, at every label fraction; plots; the 100 %-labels probe for export."""
     from selfsup.vision.data import load_images, load_labels
     from selfsup.vision.evaluate import RawPixels, predict_classes, score_frozen, stratified_subset, train_supervised
-    from selfsup.vision.model import backbone_like, load_encoder
+    from selfsup.vision.model import backbone_like, encoder_from
     from selfsup.runtime import setup
     from selfsup.tracking import open_run
 
@@ -176,7 +176,7 @@ def evaluate_stage(cfg: Config, params_file: Path) -> dict:
     held_labels = load_labels(vc.data.manifest, vc.data.eval_split, classes, vc.data.max_eval_images)
     encoder_path = Path(vc.pretrain.out_dir) / "encoder.pt"
     saved = torch.load(encoder_path, map_location="cpu", weights_only=True)
-    ssl_encoder = load_encoder(encoder_path).to(device)
+    ssl_encoder = encoder_from(saved).to(device)
     torch.manual_seed(seed)  # the random-init baseline starts where pretraining started
     random_encoder = backbone_like(saved).to(device)
 
