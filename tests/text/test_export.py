@@ -182,3 +182,30 @@ def test_int8_gate_comes_from_the_export_config(repo_root):
         load_config(repo_root / "params.yaml", ["export.serve_precision=int4"])
     with pytest.raises(ConfigError, match="export.int8_min_label_agreement"):
         load_config(repo_root / "params.yaml", ["export.int8_min_label_agreement=1.5"])
+
+
+@pytest.mark.slow  # a real torch.onnx export: 5-8 s
+def test_a_model_that_reads_long_texts_in_pieces_is_served_the_same_way(model_dir, tmp_path):
+    import numpy as np
+
+    from selfsup.serve.predict import OnnxClassifier, softmax
+    from selfsup.serve.runtime import TextModel
+    from selfsup.text.model import load_classifier, predict_logits
+
+    long_text = " ".join(["the senate met today and the crew was great"] * 7)  # 63 words: 4 pieces of 16
+    texts = [*TEXTS, long_text]
+    out = tmp_path / "onnx"
+    result = export_classifier(model_dir, LABELS, texts, 64, out, 18, 1.0, 1e-4, chunk_words=16, max_chunks=4)
+    meta = json.loads((out / "export.json").read_text())
+    assert (meta["chunk_words"], meta["max_chunks"]) == (16, 4)
+    assert result.label_agreement == 1.0 and result.max_abs_logit_diff < 1e-4
+    reference = predict_logits(load_classifier(model_dir), load_tokenizer(model_dir), texts, 64, torch.device("cpu"),
+                               chunk_words=16, max_chunks=4).numpy()
+    classifier = OnnxClassifier(out)
+    assert [len(pieces) for pieces in classifier.encode(texts)] == [1, 1, 1, 1, 4, 4]  # "a " * 80: 80 words, cut at 4 pieces
+    np.testing.assert_allclose(classifier.logits(texts), reference, atol=1e-4)
+    served = TextModel(out, max_batch_tokens=64)  # several session calls, pieces of one text in different calls
+    calls = []
+    np.testing.assert_allclose(np.stack(served.run(served.prepare(texts), on_call=calls.append)), softmax(reference),
+                               atol=1e-4)
+    assert sum(calls) == 12 and len(calls) > 1

@@ -225,6 +225,13 @@ class FinetuneTaskConfig:
     warmup_ratio: float = option(0.1, help="share of steps used for linear warm-up", ge=0, lt=1)
     weight_decay: float = option(0.01, help="AdamW weight decay")
     max_length: int = option(64, help="tokens per example (longer texts are truncated)", ge=1)
+    chunk_words: int = option(0, help="0: a text is read as its first max_length tokens. N > 0: a long text (a news "
+                                      "article) is read as pieces of N words, each cut at max_length tokens: every "
+                                      "piece is a training example with the text's label, and a prediction (on "
+                                      "validation, test, in export and serving) is the mean of the pieces' "
+                                      "log-probabilities (selfsup.text.chunking)", ge=0)
+    max_chunks: int = option(1, help="at most this many pieces per text when chunk_words > 0 (the rest is not read)",
+                             ge=1)
     max_train_examples: int = option(0, help="cap on training examples, stratified (0 = all)", ge=0)
     validate_every: int = option(1, help="validate (and keep the best model) every N epochs and after the last; the "
                                          "label-efficiency runs on a small share of the labels, which take many "

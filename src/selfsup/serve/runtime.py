@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.serve.predict import OnnxClassifier, softmax
+from selfsup.serve.predict import OnnxClassifier, flatten_pieces, softmax
 
 
 class ModelLoadError(RuntimeError):
@@ -79,10 +79,11 @@ def rank_labels(probs: np.ndarray, labels: list[str], top_k: int) -> Ranked:
 
 @dataclass(frozen=True)
 class Tokenized:
-    """A text and its token ids, with the model whose tokenizer produced them."""
+    """A text and the token ids of its pieces (one piece unless the model reads long texts in pieces), with the
+    model whose tokenizer produced them."""
 
     text: str
-    ids: list[int]
+    ids: list[list[int]]
     by: "TextModel"
 
 
@@ -112,8 +113,9 @@ class TextModel:
         return [Tokenized(text, ids, self) for text, ids in zip(texts, self.classifier.encode(texts))]
 
     def run(self, items: list[Tokenized], on_call=None) -> list[np.ndarray]:
-        """Probabilities [n_labels] per text. Texts are sorted by length and scored in as few session calls as
-        keep each call's padded size (texts x longest) within ``max_batch_tokens``: a padded position costs as
+        """Probabilities [n_labels] per text. The texts' pieces (a long text read in pieces has several) are
+        sorted by length and scored in as few session calls as keep each call's padded size (pieces x longest)
+        within ``max_batch_tokens``: a padded position costs as
         much as a real one, and on a CPU one large ragged batch is slower per text than a few even ones
         (measured: benchmarks/serve_load.py). ``on_call(n)`` is told the size of every session call.
 
@@ -123,15 +125,15 @@ class TextModel:
         stale = [k for k, item in enumerate(items) if item.by is not self]
         for k, ids in zip(stale, self.classifier.encode([items[k].text for k in stale]) if stale else []):
             token_ids[k] = ids
-        out: list = [None] * len(token_ids)
-        for call in session_calls([len(ids) for ids in token_ids], self.max_batch_tokens):
-            ids = [token_ids[i] for i in call]
+        pieces, owner = flatten_pieces(token_ids)
+        piece_logits = np.empty((len(pieces), len(self.labels)), dtype=np.float32)
+        for call in session_calls([len(ids) for ids in pieces], self.max_batch_tokens):
+            ids = [pieces[i] for i in call]
             session = self.session_for(len(ids), max(map(len, ids)))
-            for i, probs in zip(call, softmax(self.classifier.logits_of_ids(ids, session))):
-                out[i] = probs
+            piece_logits[call] = self.classifier.logits_of_ids(ids, session)
             if on_call is not None:
                 on_call(len(call))
-        return out
+        return list(softmax(self.classifier.pool(piece_logits, owner, len(items))))
 
     def rank(self, probs: np.ndarray, top_k: int) -> Ranked:
         return rank_labels(probs, self.labels, top_k)
@@ -262,7 +264,7 @@ class EmbedderModel:
                                      f"vectors but the model embeds into {self.dim}")
 
     def _tokenize(self, text: str) -> list[list[int]]:
-        from selfsup.text.retrieval import word_chunks
+        from selfsup.text.chunking import word_chunks
 
         return [e.ids for e in self.tokenizer.encode_batch(word_chunks(text, self.chunk_words, self.max_chunks))]
 

@@ -91,8 +91,10 @@ def plot_loss_curves(trainings: dict[str, dict], title: str, path: Path) -> None
 
 
 def evaluate_task(task: str, labels: list[str], test_csv: Path, models_dir: Path, classical_dir: Path,
-                  max_length: int, out_dir: Path, device, seed: int = 0) -> dict:
-    """Score the three arms of ``task`` on ``test_csv``; write the files listed in the module docstring."""
+                  max_length: int, out_dir: Path, device, seed: int = 0, *, chunk_words: int = 0,
+                  max_chunks: int = 1) -> dict:
+    """Score the three arms of ``task`` on ``test_csv``; write the files listed in the module docstring. The
+    neural arms read long texts as ``predict_logits`` does with ``chunk_words`` / ``max_chunks``."""
     from selfsup.text.classical import load_classical
     from selfsup.text.data import read_labelled
     from selfsup.text.model import load_classifier, predict_logits
@@ -107,7 +109,8 @@ def evaluate_task(task: str, labels: list[str], test_csv: Path, models_dir: Path
         folder = models_dir / init
         model = load_classifier(folder).to(device)
         tokenizer = load_tokenizer(folder)
-        predictions[init] = predict_logits(model, tokenizer, texts, max_length, device).argmax(-1).tolist()
+        predictions[init] = predict_logits(model, tokenizer, texts, max_length, device, chunk_words=chunk_words,
+                                           max_chunks=max_chunks).argmax(-1).tolist()
         trainings[init] = json.loads((folder / "training.json").read_text())
     predictions["classical"] = [label_id[p] for p in load_classical(classical_dir).predict(texts)]
 

@@ -9,7 +9,8 @@ onnxruntime alone:
     model.fp32.onnx  with ``int8``, when model.onnx is the INT8 graph: the FP32 graph it was quantized from
     tokenizer.json   the WordPiece tokenizer (``tokenizers`` format)
     labels.json      label names in logit order
-    export.json      max_length, opset, the onnxruntime fusions applied, parity numbers, which file is which precision
+    export.json      max_length, chunk_words / max_chunks (how long texts are read), opset, the onnxruntime
+                     fusions applied, parity numbers, which file is which precision
 
 The service, the pyfunc and the registry read ``model.onnx`` only, so they serve whichever precision the export
 chose without knowing about it.
@@ -193,9 +194,11 @@ def _report(file: Path, logits, reference, gold: list[int] | None) -> dict:
 def export_classifier(model_dir: Path, labels: list[str], test_texts: list[str], max_length: int, out_dir: Path,
                       opset: int, min_label_agreement: float, max_abs_logit_diff: float,
                       ort_fusion: bool = False, *, test_labels: list[str] | None = None,
-                      int8: Int8Gate | None = None) -> ExportResult:
+                      int8: Int8Gate | None = None, chunk_words: int = 0, max_chunks: int = 1) -> ExportResult:
     """Export, check and write ``out_dir`` (see the module doc). ``test_labels`` (gold labels of ``test_texts``)
-    add test accuracy and macro-F1 to the report; ``int8`` builds the INT8 graph too and needs them."""
+    add test accuracy and macro-F1 to the report; ``int8`` builds the INT8 graph too and needs them.
+    ``chunk_words`` / ``max_chunks``: how the model reads long texts (``predict_logits``); written to export.json so
+    every onnxruntime client reads them the same way, and the parity check compares the pooled predictions."""
     import onnx
     import onnxruntime as ort
     from selfsup.fileio import replace_dir, staging_dir
@@ -228,10 +231,12 @@ def export_classifier(model_dir: Path, labels: list[str], test_texts: list[str],
         int8_fusions = fuse_for_onnxruntime(int8_path) if ort_fusion and int8 is not None else {}
         shutil.copy(model_dir / "tokenizer.json", tmp / "tokenizer.json")
         (tmp / "labels.json").write_text(json.dumps(list(labels)))
-        (tmp / "export.json").write_text(json.dumps({"max_length": max_length, "opset": opset}))
+        reading = {"max_length": max_length, "chunk_words": chunk_words, "max_chunks": max_chunks}
+        (tmp / "export.json").write_text(json.dumps({**reading, "opset": opset}))
 
         tokenizer = load_tokenizer(model_dir)
-        reference = predict_logits(model, tokenizer, test_texts, max_length, torch.device("cpu"))
+        reference = predict_logits(model, tokenizer, test_texts, max_length, torch.device("cpu"),
+                                   chunk_words=chunk_words, max_chunks=max_chunks)
         classifier = OnnxClassifier(tmp)  # the served tokenization and padding, for both graphs
         fp32 = _report(fp32_path, torch.from_numpy(classifier.logits(test_texts)), reference, gold)
         result = ExportResult(str(out_dir / "model.onnx"), len(test_texts), fp32["max_abs_logit_diff"],
@@ -254,8 +259,8 @@ def export_classifier(model_dir: Path, labels: list[str], test_texts: list[str],
                 result.serve_precision = "int8"
                 result.onnx_bytes = (tmp / "model.onnx").stat().st_size
                 result.precisions["fp32"]["file"], result.precisions["int8"]["file"] = "model.fp32.onnx", "model.onnx"
-        (tmp / "export.json").write_text(json.dumps({"max_length": max_length, "opset": opset,
-                                                     "ort_fusions": fusions, **asdict(result)}, indent=1))
+        (tmp / "export.json").write_text(json.dumps({**reading, "opset": opset, "ort_fusions": fusions,
+                                                     **asdict(result)}, indent=1))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,9 +1,10 @@
 """Sequence-classification fine-tuning, read top to bottom — from the pretrained encoder or from scratch.
 
-    train.csv --tokenizer (truncate to max_length)--> length-grouped batches (dynamic padding)
+    train.csv [--cut long texts into pieces (chunk_words > 0), each with its text's label]
+      --tokenizer (truncate to max_length)--> length-grouped batches (dynamic padding)
       --> encoder + mean pooling + linear head [B, n_labels] --cross-entropy--> AdamW, warm-up then linear decay
-    after every epoch (or every ``validate_every``-th and the last): accuracy / macro-F1 on validation.csv; the best
-    validated epoch (macro-F1) is kept and saved.
+    after every epoch (or every ``validate_every``-th and the last): accuracy / macro-F1 on validation.csv (a text
+    read in pieces: the mean of its pieces' log-probabilities); the best validated epoch (macro-F1) is kept and saved.
 
 The same function trains the baseline: ``init="scratch"`` builds the same architecture from the config with random
 weights, so the two results differ only by what pretraining learned.
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from selfsup.config import FinetuneTaskConfig, ModelConfig, TrainLoopConfig
+from selfsup.text.chunking import split_texts
 from selfsup.text.data import cap_stratified, read_labelled
 from selfsup.fileio import replace_dir, staging_dir
 from selfsup.metrics import classification_scores
@@ -35,8 +37,9 @@ class FinetuneResult:
     best_epoch: int
     val_accuracy: float
     val_macro_f1: float
-    train_examples: int
+    train_examples: int  # labelled texts (with ``extra``)
     wall_seconds: float
+    train_pieces: int = 0  # training sequences: train_examples, or their pieces when chunk_words > 0
     history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss
     epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, val_accuracy, val_macro_f1, val_loss
 
@@ -77,8 +80,10 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
     if extra is not None:
         texts, y = texts + list(extra[0]), y + list(extra[1])
     val_texts, val_y = read_labelled(data_dir / "validation.csv")
-    train_ids = encode(tokenizer, texts, cfg.max_length)
-    train_targets = torch.tensor([label_id[label] for label in y])
+    # a long text is read in pieces at prediction time, so every piece is a training example with its text's label
+    pieces, owner = split_texts(texts, cfg.chunk_words, cfg.max_chunks)
+    train_ids = encode(tokenizer, pieces, cfg.max_length)
+    train_targets = torch.tensor([label_id[y[i]] for i in owner])
     val_targets = [label_id[label] for label in val_y]
 
     if init == "pretrained":
@@ -119,7 +124,8 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
 
         if epoch % cfg.validate_every and epoch != cfg.epochs:
             continue
-        val_logits = predict_logits(model, tokenizer, val_texts, cfg.max_length, device, loop.precision)
+        val_logits = predict_logits(model, tokenizer, val_texts, cfg.max_length, device, loop.precision,
+                                    chunk_words=cfg.chunk_words, max_chunks=cfg.max_chunks)
         val_loss = torch.nn.functional.cross_entropy(val_logits, torch.tensor(val_targets)).item()
         scores = classification_scores(val_targets, val_logits.argmax(-1).tolist())
         epochs.append({"epoch": epoch, "step": step, "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}})
@@ -137,8 +143,9 @@ def finetune(task: str, init: str, cfg: FinetuneTaskConfig, loop: TrainLoopConfi
     save_model(model, tokenizer, tmp)
     best_epoch = epochs[best[1]]
     result = FinetuneResult(init=init, best_epoch=best_epoch["epoch"], val_accuracy=best_epoch["val_accuracy"],
-                            val_macro_f1=best_epoch["val_macro_f1"], train_examples=len(train_ids),
-                            wall_seconds=time.perf_counter() - start, history=history, epochs=epochs)
+                            val_macro_f1=best_epoch["val_macro_f1"], train_examples=len(texts),
+                            wall_seconds=time.perf_counter() - start, train_pieces=len(train_ids), history=history,
+                            epochs=epochs)
     (tmp / "training.json").write_text(json.dumps(asdict(result), indent=1))
     replace_dir(tmp, out_dir)
     return result

@@ -66,6 +66,7 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
 
     from selfsup.metrics import classification_scores
     from selfsup.text.classical import fit_classical
+    from selfsup.text.chunking import split_texts
     from selfsup.text.data import cap_stratified, read_labelled
     from selfsup.text.model import load_classifier, predict_logits
     from selfsup.text.self_training import train_pretrained_or_scratch
@@ -81,6 +82,7 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
         train_texts, train_labels = read_labelled(data_dir / "train.csv")
         full = task_cfg.max_train_examples or len(train_texts)
         full = min(full, len(train_texts))
+        per_text = len(split_texts(train_texts, task_cfg.chunk_words, task_cfg.max_chunks)[0]) / len(train_texts)
         val_texts, val_labels = read_labelled(data_dir / "validation.csv")
         test_texts, gold = read_labelled(data_dir / "test.csv")
         label_id = {label: i for i, label in enumerate(spec.labels)}
@@ -89,7 +91,8 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
             n = max(len(spec.labels), round(full * fraction))
             # a share of 1 % takes hundreds of one-batch epochs: validating after each would cost more than the
             # training itself
-            run_cfg = share_settings(task_cfg, full, n, max_steps)
+            # steps count batches of training sequences: a task read in pieces has ``per_text`` of them per label
+            run_cfg = share_settings(task_cfg, round(full * per_text), round(n * per_text), max_steps, labelled=n)
             for seed in seeds:
                 base = {"task": task, "fraction": fraction, "seed": seed, "labels": n, "epochs": run_cfg.epochs}
                 if fraction == 1.0 and seed == cfg.finetune.loop.seed and task in evaluated:
@@ -105,7 +108,8 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
                                                     spec.labels, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir),
                                                     Path(cfg.pretrain.out_dir), out)
                         logits = predict_logits(load_classifier(out), tokenizer, test_texts, task_cfg.max_length,
-                                                torch.device("cpu"))
+                                                torch.device("cpu"), chunk_words=task_cfg.chunk_words,
+                                                max_chunks=task_cfg.max_chunks)
                         scores[init] = classification_scores(y_true, logits.argmax(-1).tolist())
                 texts, labels = cap_stratified(train_texts, train_labels, n, seed)
                 pipeline, _ = fit_classical(texts, labels, val_texts, val_labels, cfg.finetune.classical, seed)

@@ -209,14 +209,19 @@ def collate(ids: list[list[int]], pad_id: int):
 
 
 def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, precision: str = "fp32",
-                   batch_size: int = 64):
-    """Logits [N, n_labels] (float32, CPU) for ``texts``, batched by length, returned in input order."""
+                   batch_size: int = 64, chunk_words: int = 0, max_chunks: int = 1):
+    """Logits [N, n_labels] (float32, CPU) for ``texts``, batched by length, returned in input order.
+
+    ``chunk_words`` > 0: each text is read as pieces of that many words (at most ``max_chunks``) and its row is
+    the mean of its pieces' log-probabilities (``selfsup.text.chunking``) — what the exported model serves."""
     import torch
 
     from selfsup.runtime import autocast
+    from selfsup.text.chunking import mean_log_probs, split_texts
 
     model.eval()
-    ids = encode(tokenizer, texts, max_length)
+    pieces, owner = split_texts(texts, chunk_words, max_chunks)
+    ids = encode(tokenizer, pieces, max_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.empty((len(ids), model.config.num_labels))
     with torch.no_grad():
@@ -226,4 +231,6 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, 
             with autocast(device, precision):
                 logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
             out[index] = logits.float().cpu()
-    return out
+    if chunk_words == 0:
+        return out
+    return torch.from_numpy(mean_log_probs(out.numpy(), owner, len(texts)))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selfsup.text.chunking import split_texts
+
 KB_COLUMNS = ("id", "intent", "question", "answer")
 
 
@@ -153,19 +155,8 @@ class EncoderEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         from selfsup.text.simcse import embed_texts
 
-        chunks, owner = [], []
-        for i, text in enumerate(texts):
-            pieces = word_chunks(text, self.chunk_words, self.max_chunks)
-            chunks += pieces
-            owner += [i] * len(pieces)
+        chunks, owner = split_texts(texts, self.chunk_words, self.max_chunks)
         return pool_chunks(embed_texts(self.encoder, self.tokenizer, chunks, self.max_length), owner, len(texts))
-
-
-def word_chunks(text: str, chunk_words: int, max_chunks: int) -> list[str]:
-    """``text`` cut into pieces of ``chunk_words`` words, at most ``max_chunks`` of them (a short text: itself)."""
-    words = text.split() or [text]
-    return [" ".join(words[start : start + chunk_words])
-            for start in range(0, min(len(words), chunk_words * max_chunks), chunk_words)]
 
 
 def pool_chunks(pieces: np.ndarray, owner: list[int], n_texts: int) -> np.ndarray:

@@ -105,7 +105,8 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
                            work / "teacher", tracker)
         device = setup(loop)
         logits = predict_logits(load_classifier(work / "teacher").to(device), load_tokenizer(work / "teacher"), pool,
-                                cfg.max_length, device, loop.precision)
+                                cfg.max_length, device, loop.precision, chunk_words=cfg.chunk_words,
+                                max_chunks=cfg.max_chunks)
         pseudo = select_pseudo_labels(torch.softmax(logits, dim=-1).numpy(), pool, labels, st.confidence,
                                       st.max_per_class)
 

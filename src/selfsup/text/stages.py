@@ -173,7 +173,7 @@ def evaluate_stage(cfg: Config, params_file: Path, task: str) -> dict:
     device = setup(cfg.finetune.loop)
     metrics = evaluate_task(task, spec.labels, Path(spec.dir) / "test.csv", Path(task_cfg.out_dir) / task,
                             Path(cfg.finetune.classical.out_dir) / task, task_cfg.max_length, out_dir, device,
-                            cfg.finetune.loop.seed)
+                            cfg.finetune.loop.seed, chunk_words=task_cfg.chunk_words, max_chunks=task_cfg.max_chunks)
     with open_run(cfg, "evaluate", params_file, task=task) as tracker:
         for arm in ARMS:
             tracker.log_metrics({f"test_{arm}_{k}": v for k, v in metrics[arm].items()})
@@ -234,7 +234,8 @@ def export_stage(cfg: Config, params_file: Path, task: str):
     result = export_classifier(Path(task_cfg.out_dir) / task / "pretrained", spec.labels, texts, task_cfg.max_length,
                                out_dir, cfg.export.opset, cfg.export.min_label_agreement,
                                cfg.export.max_abs_logit_diff, ort_fusion=cfg.export.ort_fusion, test_labels=gold,
-                               int8=Int8Gate.of(cfg.export))
+                               int8=Int8Gate.of(cfg.export), chunk_words=task_cfg.chunk_words,
+                               max_chunks=task_cfg.max_chunks)
     write_json(Path("artifacts/export") / task / "metrics.json", asdict(result))
     with open_run(cfg, "export", params_file, cfg.export, task=task) as tracker:
         tracker.log_metrics({"onnx_max_abs_logit_diff": result.max_abs_logit_diff,
