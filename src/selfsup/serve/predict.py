@@ -70,14 +70,13 @@ class OnnxClassifier:
         return per_text
 
     def pool(self, piece_logits: np.ndarray, owner: list[int], n_texts: int) -> np.ndarray:
-        """Each text's logits [n_texts, C] from its pieces' [n_pieces, C] (``owner[p]``: the text of piece p): the
-        logits themselves when every text is one piece, else the mean log-probabilities."""
+        """Each text's logits [n_texts, C] from its pieces' [n_pieces, C], in text order as ``flatten_pieces``
+        gives them (``owner[p]``: the text of piece p): the logits themselves when every text is one piece, else
+        the mean log-probabilities."""
         from selfsup.text.chunking import mean_log_probs
 
         if self.chunk_words == 0:
-            out = np.empty((n_texts, piece_logits.shape[1]), dtype=piece_logits.dtype)
-            out[np.asarray(owner, dtype=np.int64)] = piece_logits
-            return out
+            return piece_logits
         return mean_log_probs(piece_logits, owner, n_texts)
 
     def logits_of_ids(self, ids_per_text: list[list[int]], session=None) -> np.ndarray:

@@ -115,9 +115,8 @@ class TextModel:
     def run(self, items: list[Tokenized], on_call=None) -> list[np.ndarray]:
         """Probabilities [n_labels] per text. The texts' pieces (a long text read in pieces has several) are
         sorted by length and scored in as few session calls as keep each call's padded size (pieces x longest)
-        within ``max_batch_tokens``: a padded position costs as
-        much as a real one, and on a CPU one large ragged batch is slower per text than a few even ones
-        (measured: benchmarks/serve_load.py). ``on_call(n)`` is told the size of every session call.
+        within ``max_batch_tokens``: a padded position costs as much as a real one, and on a CPU one large ragged
+        batch is slower per text than a few even ones (measured: benchmarks/serve_load.py). ``on_call(n)`` is told the size of every session call.
 
         A hot reload can swap the model between a request's tokenization and its batch; texts tokenized by another
         model (whose tokenizer may differ) are tokenized again here."""
