@@ -122,3 +122,16 @@ def test_image_ssl_runs_in_bf16_channels_last_on_cuda(method, data_dir):
     encoder, result = pretrain_ssl(cfg, pool, torch.device("cuda"), NullTracker())
     assert result.steps == 3 and np.isfinite([h["loss"] for h in result.history]).all()
     assert next(encoder.parameters()).dtype == torch.float32
+
+
+def test_batched_augmentation_runs_on_the_gpu_and_keeps_the_pixels_when_off():
+    """The views are made on the GPU (no copy back to the CPU); with every transform off they are the pixels."""
+    from selfsup.config import AugmentConfig
+    from selfsup.vision.augment import two_view_augmenter
+
+    images = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8)
+    views = two_view_augmenter(AugmentConfig(blur_p=0.5, erase_p=0.5), 28, torch.device("cuda"), seed=1)(images, 1)
+    assert all(v.is_cuda and v.shape == (32, 1, 28, 28) for v in views)
+    off = AugmentConfig(crop_scale=[1.0, 1.0], flip_p=0.0, jitter_p=0.0)
+    same, _ = two_view_augmenter(off, 28, torch.device("cuda"), seed=1)(images, 1)
+    assert torch.allclose(same.cpu(), images.float() / 255, atol=1e-5)

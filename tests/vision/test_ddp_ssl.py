@@ -21,7 +21,8 @@ BYOL's losses and DINO. BYOL and SimSiam have one parameter whose gradient is ma
 output bias, cancelled by the predictor's batch norm; numerically ~3e-8 of rounding noise): AdamW turns that noise
 into steps of up to the learning rate whose sign is the noise's, differently in each run, so that bias (and the
 predictor's running mean after it) differ by up to twice the summed learning rates (measured 2.4e-3), and SimSiam,
-whose target contains the bias, has loss gaps up to 7.6e-5. The tolerances leave >10x room above what was measured.
+whose target contains the bias, has loss gaps up to 7.6e-5 (per-image augmentation) and 5.2e-4 (batched, the
+default since 2026-12-03: other views, another draw of that noise). The tolerances leave ~10x room above what was measured.
 
 A one-process SimCLR checkpoint of step 2 is also resumed by the two processes: rank 0 alone reads it (and says so
 once), and the run ends on the uninterrupted run's losses.
@@ -43,7 +44,7 @@ MANIFEST = REPO_ROOT / "tests/fixtures/data/images/manifest.csv"
 METHODS = ("simclr", "moco", "byol", "simsiam", "dino")
 # absolute, on per-step losses (between -1 and 4) and on every entry of every network's state after 4 steps (weights,
 # queue, center, running statistics); BYOL and SimSiam are looser for the reason in the module docstring
-LOSS_TOLERANCE = {"simclr": 1e-4, "moco": 1e-4, "byol": 1e-4, "simsiam": 1e-3, "dino": 1e-4}
+LOSS_TOLERANCE = {"simclr": 1e-4, "moco": 1e-4, "byol": 1e-4, "simsiam": 5e-3, "dino": 1e-4}
 NOISE_DRIVEN_BOUND = 2 * (2e-3 + 1.71e-3 + 1e-3 + 0.29e-3)  # twice the 4 steps' learning rates (tiny preset: 2e-3)
 STATE_TOLERANCE = {"simclr": 1e-4, "moco": 1e-4, "byol": NOISE_DRIVEN_BOUND, "simsiam": NOISE_DRIVEN_BOUND,
                    "dino": 1e-4}

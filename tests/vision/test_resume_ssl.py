@@ -3,7 +3,7 @@ in-process, and `selfsup pretrain-ssl` (SimCLR) killed with SIGKILL as a real pr
 
 Tolerance: none, bit-identical encoders (same machine, one thread; see tests/text/test_resume_mlm.py for why that is
 the right bar). A resumed run draws the same batches (``pool_batches`` replays its permutations up to the step), the
-same augmentations (torch's RNG is restored) and continues the same optimizer, target/teacher networks, MoCo queue
+same augmentations (batched: a generator seeded per step; per image: torch's RNG is restored) and continues the same optimizer, target/teacher networks, MoCo queue
 and DINO center; leaving any of these out makes the weights differ.
 """
 
@@ -66,9 +66,12 @@ def test_resume_batches_after_a_skip_are_the_uninterrupted_ones(pool):
         == [True] * 3
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "dino"])
-def test_resume_an_interrupted_method_to_the_uninterrupted_encoder(method, pool, tmp_path):
+@pytest.mark.parametrize("method, batched", [("simclr", True), ("moco", True), ("byol", True), ("simsiam", True),
+                                             ("dino", True), ("simclr", False)])
+def test_resume_an_interrupted_method_to_the_uninterrupted_encoder(method, batched, pool, tmp_path):
+    """Batched augmentation draws from a generator seeded per step; per-image augmentation from torch's restored RNG."""
     cfg = tiny(method)
+    cfg.augment.batched = batched
     torch.manual_seed(0)  # what selfsup.runtime.setup does before the stage builds the networks
     straight, straight_result = pretrain_ssl(cfg, pool, torch.device("cpu"), NullTracker(), tmp_path / "a")
     assert not (tmp_path / "a").exists(), "a finished run leaves no checkpoint"

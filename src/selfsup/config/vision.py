@@ -66,11 +66,15 @@ class AugmentConfig:
     solarize_p: float = option(0.0, help="probability of solarizing the *second* view (BYOL/DINO use 0.2)", ge=0,
                                le=1)
     erase_p: float = option(0.0, help="probability of random erasing (a cutout)", ge=0, le=1)
+    batched: bool = option(True, help="augment whole batches on the training device (selfsup.vision.batch_augment); "
+                           "false: image by image with torchvision on the CPU (the only way to hue jitter)")
 
     def check(self, path: str) -> None:
         for name in ("crop_scale", "blur_sigma"):
             low, high = getattr(self, name)
             _check(low <= high, f"{path}.{name}", f"must be [low, high] with low <= high, got {[low, high]}")
+        _check(not (self.batched and self.hue > 0), f"{path}.hue",
+               "hue jitter is not available with batched augmentation; set it to 0 or batched: false")
 
 
 @dataclass

@@ -2,10 +2,14 @@
 
 ``TwoViews(cfg, size)`` turns a ``uint8 [B, C, H, W]`` batch into two independently augmented float batches in
 [0, 1]. Every image draws its own crop, flip, jitter, etc. (v2 transforms applied to a whole batch would share one
-draw). Solarization is applied to the second view only, as in BYOL and DINO.
+draw). Solarization is applied to the second view only, as in BYOL and DINO. ``two_view_augmenter`` is what the recipes
+call: this per-image pipeline, or the batched one on the training device (``augment.batched``,
+``selfsup.vision.batch_augment``).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torchvision.transforms import v2
@@ -53,3 +57,18 @@ def light_transform(size: int) -> v2.Compose:
     """Crop + flip only: the augmentation of the supervised-from-scratch baseline."""
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                        v2.ToDtype(torch.float32, scale=True)])
+
+
+def two_view_augmenter(cfg: AugmentConfig, size: int, device: torch.device,
+                       seed: int) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
+    """The recipes' augmentation: ``augment(images, step)`` with ``uint8 [B, C, H, W]`` CPU images -> two float views
+    ``[B, C, size, size]``: per image with torchvision on the CPU (``TwoViews``), or, with ``cfg.batched``, the whole
+    batch on ``device`` with draws seeded by ``seed`` and ``step`` (``BatchTwoViews``)."""
+    if not cfg.batched:
+        per_image = TwoViews(cfg, size)
+        return lambda images, step: per_image(images)
+    from selfsup.vision.batch_augment import BatchTwoViews, generator, seed_for_step
+
+    batched = BatchTwoViews(cfg, size)
+    return lambda images, step: batched(images.to(device, non_blocking=True),
+                                        generator(device, seed_for_step(seed, step)))

@@ -26,7 +26,7 @@ from torch import nn
 
 from selfsup.config import SSLPretrainConfig
 from selfsup.distributed import Ranks, gather_rows, mean_over_ranks
-from selfsup.vision.augment import TwoViews
+from selfsup.vision.augment import two_view_augmenter
 from selfsup.vision.losses import DINOLoss, NegativeCosineLoss
 from selfsup.vision.model import DINOHead, MLPHead, backbone_for, frozen_copy, update_ema
 from selfsup.vision.ssl_common import (
@@ -84,7 +84,7 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
     resumed_from, history, monitor = checkpoints.resume()
     online_of = data_parallel(OnlineNetworks(encoder, head, None if cfg.method == "dino" else predictor), ranks,
                               device)
-    augment = TwoViews(cfg.augment, cfg.image_size)
+    augment = two_view_augmenter(cfg.augment, cfg.image_size, device, cfg.loop.seed)
     monitor_images = torch.from_numpy(pool[: cfg.monitor_images])
     start = time.perf_counter()
     bar = progress_bar(cfg.max_steps, cfg.method, cfg.loop.progress and ranks.is_main, initial=resumed_from)
@@ -93,7 +93,7 @@ def train(cfg: SSLPretrainConfig, pool: np.ndarray, device: torch.device, tracke
         lr = learning_rate_at(step, cfg)
         set_learning_rate(optimizer, lr)
         # the whole global batch is augmented on every rank (the single process's draws), each keeps its rows
-        views = this_ranks_rows(augment(images), ranks)
+        views = this_ranks_rows(augment(images, step), ranks)
         view1, view2 = (v.to(device, memory_format=memory_format) for v in views)  # [b, C, S, S] each, b = B / ranks
         with autocast(device, cfg.loop.precision):
             both = torch.cat([view1, view2])  # one pass for both views: [2b, C, S, S]
