@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
     from selfsup.config import load_config
-    from selfsup.runtime import resolve_device
+    from selfsup.runtime import setup
     from selfsup.vision.data import load_images, load_labels
     from selfsup.vision.ssl_common import pool_batches
 
@@ -101,13 +101,10 @@ def main(argv=None) -> dict:
         args.rounds, args.steps_per_round, args.warmup = 2, 1, 1
     config = load_config(REPO / "params.yaml", args.overrides)
     vc, cfg = config.vision, config.vision.pretrain
-    device = resolve_device(args.device)
-    if device.type == "cpu" and cfg.loop.threads:
-        torch.set_num_threads(cfg.loop.threads)
+    device = setup(dataclasses.replace(cfg.loop, device=args.device))  # threads, seeds, TF32: as pretrain-ssl
     classes = list(vc.data.classes)
     pool = load_images(Path(vc.data.manifest), vc.data.pretrain_split, vc.data.max_pretrain_images)
-    labels = torch.from_numpy(load_labels(Path(vc.data.manifest), vc.data.pretrain_split, classes,
-                                          vc.data.max_pretrain_images)).long()
+    labels = load_labels(Path(vc.data.manifest), vc.data.pretrain_split, classes, vc.data.max_pretrain_images)  # [N]
     batch = min(cfg.batch_size, len(pool))
     if batch < cfg.batch_size:
         print(f"the pool has {len(pool)} images: batch {batch} instead of {cfg.batch_size}")
@@ -117,7 +114,7 @@ def main(argv=None) -> dict:
     total_steps = args.warmup + args.rounds * args.steps_per_round
     # the same batches, in the same order, for every kind; the same seed draws the same rows of the labels
     batches = list(zip(pool_batches(pool, batch, total_steps, cfg.loop.seed),
-                       pool_batches(labels.numpy(), batch, total_steps, cfg.loop.seed)))
+                       pool_batches(labels, batch, total_steps, cfg.loop.seed)))
 
     def sync():
         if device.type == "cuda":

@@ -81,7 +81,7 @@ def test_bad_input_and_settings_are_refused(images):
 
 
 def test_image_throughput_benchmark_runs_on_the_fixture_pool(fixture_data):
-    """benchmarks/image_throughput.py --quick on the 50 fixture images: the three steps run and the JSON line ends it."""
+    """benchmarks/image_throughput.py --quick on the 50 fixture images: the three steps run, the JSON line ends it."""
     import json
     import subprocess
     import sys

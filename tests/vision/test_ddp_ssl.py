@@ -22,7 +22,8 @@ output bias, cancelled by the predictor's batch norm; numerically ~3e-8 of round
 into steps of up to the learning rate whose sign is the noise's, differently in each run, so that bias (and the
 predictor's running mean after it) differ by up to twice the summed learning rates (measured 2.4e-3), and SimSiam,
 whose target contains the bias, has loss gaps up to 7.6e-5 (per-image augmentation) and 5.2e-4 (batched, the
-default since 2026-12-03: other views, another draw of that noise). The tolerances leave ~10x room above what was measured.
+default since 2026-12-03: other views, another draw of that noise). The tolerances leave ~10x room above what was
+measured.
 
 A one-process SimCLR checkpoint of step 2 is also resumed by the two processes: rank 0 alone reads it (and says so
 once), and the run ends on the uninterrupted run's losses.

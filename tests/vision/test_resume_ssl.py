@@ -3,8 +3,9 @@ in-process, and `selfsup pretrain-ssl` (SimCLR) killed with SIGKILL as a real pr
 
 Tolerance: none, bit-identical encoders (same machine, one thread; see tests/text/test_resume_mlm.py for why that is
 the right bar). A resumed run draws the same batches (``pool_batches`` replays its permutations up to the step), the
-same augmentations (batched: a generator seeded per step; per image: torch's RNG is restored) and continues the same optimizer, target/teacher networks, MoCo queue
-and DINO center; leaving any of these out makes the weights differ.
+same augmentations (batched: a generator seeded per step; per image: torch's RNG is restored) and continues the
+same optimizer, target/teacher networks, MoCo queue and DINO center; leaving any of these out makes the weights
+differ.
 """
 
 from __future__ import annotations

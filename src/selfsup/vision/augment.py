@@ -69,6 +69,6 @@ def two_view_augmenter(cfg: AugmentConfig, size: int, device: torch.device,
         return lambda images, step: per_image(images)
     from selfsup.vision.batch_augment import BatchTwoViews, generator, seed_for_step
 
-    batched = BatchTwoViews(cfg, size)
+    batched, draws = BatchTwoViews(cfg, size), generator(device, seed)  # one generator, re-seeded every step
     return lambda images, step: batched(images.to(device, non_blocking=True),
-                                        generator(device, seed_for_step(seed, step)))
+                                        draws.manual_seed(seed_for_step(seed, step)))
