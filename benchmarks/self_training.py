@@ -83,7 +83,7 @@ def main() -> None:
             kept, report = self_train(args.task, task_cfg, st, loop, cfg.pretrain.model, Path(spec.dir), spec.labels,
                                       Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir),
                                       Path(scratch) / f"self{seed}", teacher_copy=Path(scratch) / f"plain{seed}",
-                                      student_cfg=student_cfg)
+                                      student_cfg=student_cfg, classical=cfg.finetune.classical)
             row = {"seed": seed, "plain_val": report["teacher_val_macro_f1"],
                    "plain_test": test_f1(Path(scratch) / f"plain{seed}"),
                    "student_val": report["student_val_macro_f1"], "chosen": report["chosen"],

@@ -1,5 +1,6 @@
-"""Self-training: the unlabeled pool never holds a labelled text, pseudo-labels respect the threshold and the
-per-class cap, and the whole loop runs on a tiny model (fixture data) and keeps the better of teacher and student."""
+"""Self-training: the unlabeled pool never holds a labelled text, pseudo-labels respect the threshold (probability
+or decision-score margin) and the per-class cap, the classical labeler's scores follow the task's label order, and
+the whole loop runs on a tiny model (fixture data) with either labeler and keeps the better of plain and student."""
 
 import dataclasses
 import json
@@ -9,7 +10,8 @@ import pytest
 
 from selfsup.config import SelfTrainingConfig
 from selfsup.text.data import read_labelled
-from selfsup.text.self_training import select_pseudo_labels, self_train, unlabeled_pool
+from selfsup.text.self_training import (classical_scores, select_by_margin, select_pseudo_labels, self_train,
+                                        unlabeled_pool)
 
 
 def test_pool_leaves_out_every_labelled_text_up_to_case_and_spacing():
@@ -36,14 +38,53 @@ def test_pseudo_labels_respect_the_threshold_and_the_per_class_cap():
         select_pseudo_labels(probabilities[:, :1], texts, ["x", "y"], 0.9, 2)
 
 
-def test_self_training_loop_on_a_tiny_model(fixture_data, tiny_config, tiny_tokenizer_dir, tmp_path):
+def test_margin_pseudo_labels_need_a_clear_lead_and_respect_the_cap():
+    scores = np.array([[2.0, -1.0, 0.5],   # x leads by 1.5
+                       [0.2, 0.1, -3.0],   # x leads by 0.1: too close
+                       [3.0, -2.0, -2.0],  # x leads by 5.0
+                       [1.0, 0.0, -1.0],   # x leads by 1.0
+                       [-1.0, 4.0, 0.0],   # y leads by 4.0
+                       [-5.0, -4.0, -4.5]])  # y leads by 0.5 though every score is negative
+    texts = ["a", "b", "c", "d", "e", "f"]
+    pseudo = select_by_margin(scores, texts, ["x", "y", "z"], min_margin=0.3, max_per_class=2)
+    # x: a (1.5), c (5.0) and d (1.0) pass, the cap keeps c and a; y: e and f; z: none; in pool order
+    assert list(zip(pseudo.texts, pseudo.labels)) == [("a", "x"), ("c", "x"), ("e", "y"), ("f", "y")]
+    assert pseudo.per_class == {"x": 2, "y": 2, "z": 0} and pseudo.pool_size == 6
+    assert select_by_margin(scores, texts, ["x", "y", "z"], 0.0, 10).texts == texts  # every lead > 0
+    with pytest.raises(ValueError, match="scores must be"):
+        select_by_margin(scores[:, :2], texts, ["x", "y", "z"], 0.0, 2)
+
+
+def test_classical_scores_follow_the_task_label_order():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    texts = ["lost bag", "bag missing", "refund please", "want my money back", "great crew", "lovely crew"]
+    gold = ["baggage", "baggage", "refund", "refund", "praise", "praise"]
+    pipeline = make_pipeline(TfidfVectorizer(), LinearSVC(random_state=0)).fit(texts, gold)
+    order = ["refund", "praise", "baggage", "other"]  # the task's order, not sklearn's sorted classes_
+    scores = classical_scores(pipeline, ["my bag is lost", "refund my money"], order)
+    assert scores.shape == (2, 4) and np.isneginf(scores[:, 3]).all()  # a label the model never saw
+    assert [order[i] for i in scores.argmax(axis=1)] == ["baggage", "refund"]
+    assert [order[i] for i in scores.argmax(axis=1)] == list(pipeline.predict(["my bag is lost", "refund my money"]))
+    # a two-class model has one score column; it becomes (-s, s) in the task's order
+    binary = make_pipeline(TfidfVectorizer(), LinearSVC(random_state=0)).fit(texts[:4], gold[:4])
+    two = classical_scores(binary, ["lost bag", "refund please"], ["refund", "baggage"])
+    assert [["refund", "baggage"][i] for i in two.argmax(axis=1)] == ["baggage", "refund"]
+    assert np.allclose(two[:, 0], -two[:, 1])
+
+
+@pytest.mark.parametrize("labeler", ["model", "classical"])
+def test_self_training_loop_on_a_tiny_model(labeler, fixture_data, tiny_config, tiny_tokenizer_dir, tmp_path):
     from selfsup.text.pretrain_mlm import pretrain_mlm
 
     pretrain_mlm(dataclasses.replace(tiny_config.pretrain, out_dir=tmp_path / "mlm"),
                  fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "ckpt")
     task_cfg = dataclasses.replace(tiny_config.finetune.tasks["intent"], epochs=2, learning_rate=0.01)
-    # confidence 0: every pool text gets a pseudo-label (capped per class), so the student surely trains on some
-    st = SelfTrainingConfig(enabled=True, sources=["tweets"], max_pool=40, confidence=0.0, max_per_class=5)
+    # confidence / margin 0: every pool text gets a pseudo-label (capped per class), so the student trains on some
+    st = SelfTrainingConfig(enabled=True, labeler=labeler, sources=["tweets"], max_pool=40, confidence=0.0,
+                            min_margin=0.0, max_per_class=5)
     out = tmp_path / "out" / "pretrained"
     asked = []
 
@@ -54,10 +95,10 @@ def test_self_training_loop_on_a_tiny_model(fixture_data, tiny_config, tiny_toke
     result, report = self_train("intent", task_cfg, st, tiny_config.finetune.loop, tiny_config.pretrain.model,
                                 fixture_data / "intent", tiny_config.data.tasks["intent"].labels,
                                 fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "mlm", out,
-                                student_cfg=student_cfg)
+                                student_cfg=student_cfg, classical=tiny_config.finetune.classical)
     train_labels = len(read_labelled(fixture_data / "intent/train.csv")[0])
     assert asked == [train_labels + report["pseudo_labels"]]  # the student's examples: labels + pseudo-labels
-    assert (report["teacher_epochs"], report["student_epochs"]) == (2, 1)
+    assert (report["teacher_epochs"], report["student_epochs"]) == (2, 1) and report["labeler"] == labeler
     saved = json.loads((out / "self_training.json").read_text())
     assert saved["chosen"] == report["chosen"] in ("teacher", "student")
     assert 0 < report["pseudo_labels"] <= 5 * 8 and report["pseudo_labels"] == sum(report["pseudo_per_class"].values())
@@ -66,3 +107,12 @@ def test_self_training_loop_on_a_tiny_model(fixture_data, tiny_config, tiny_toke
     assert result.val_macro_f1 == best  # the better one on validation is kept
     assert (out / "model.safetensors").exists()
     assert [p.name for p in out.parent.iterdir()] == ["pretrained"], "no work folder left behind"
+
+
+def test_classical_labeler_needs_the_classical_grid(fixture_data, tiny_config, tiny_tokenizer_dir, tmp_path):
+    st = SelfTrainingConfig(enabled=True, labeler="classical")
+    with pytest.raises(ValueError, match="labeler 'classical' needs the classical grid"):
+        self_train("intent", tiny_config.finetune.tasks["intent"], st, tiny_config.finetune.loop,
+                   tiny_config.pretrain.model, fixture_data / "intent", tiny_config.data.tasks["intent"].labels,
+                   fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "mlm", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

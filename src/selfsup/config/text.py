@@ -200,18 +200,29 @@ class RetrievalConfig:
 
 @dataclass
 class SelfTrainingConfig:
-    """Semi-supervised fine-tuning of the pretrained arm by self-training (``selfsup.text.self_training``): the
-    fine-tuned model pseudo-labels unlabeled in-domain texts, and a second fine-tuning trains on labels + confident
-    pseudo-labels; the result is kept only if it beats the first on validation."""
+    """Semi-supervised fine-tuning of the pretrained arm (``selfsup.text.self_training``): a labeler trained on the
+    labels pseudo-labels unlabeled in-domain texts, and a second fine-tuning of the pretrained encoder trains on
+    labels + confident pseudo-labels; the result is kept only if it beats the plain fine-tuning on validation."""
 
     enabled: bool = option(False, help="self-train the pretrained arm (the from-scratch and classical arms never see "
                                        "unlabeled data)")
+    labeler: str = option("model", choices=("model", "classical"),
+                          help="who pseudo-labels the pool: 'model', the fine-tuned pretrained model itself "
+                               "(self-training; a pseudo-label needs `confidence`), or 'classical', a TF-IDF + linear "
+                               "model (finetune.classical's grid) fitted on the same labels, a second view of the "
+                               "text (co-training; a pseudo-label needs `min_margin`)")
     sources: list[str] = option(default_factory=lambda: ["tweets"], min_items=1, unique=True,
                                 help="corpus sources whose documents form the unlabeled pool")
-    max_pool: int = option(20000, ge=1, help="unlabeled texts the teacher classifies (a seeded sample of the pool)")
-    confidence: float = option(0.9, gt=0, le=1, help="a pseudo-label needs at least this top probability")
+    max_pool: int = option(20000, ge=1, help="unlabeled texts the labeler classifies (a seeded sample of the pool)")
+    confidence: float = option(0.9, gt=0, le=1, help="labeler 'model': a pseudo-label needs at least this top "
+                                                     "probability")
+    min_margin: float = option(0.0, ge=0, help="labeler 'classical': a pseudo-label needs its top decision score to "
+                                               "lead the runner-up by more than this")
     max_per_class: int = option(500, ge=1, help="most pseudo-labels kept per class, the most confident first "
                                                "(so the majority class cannot flood the student)")
+    student_epochs: int = option(0, ge=0, help="the student's passes over labels + pseudo-labels; 0: as many "
+                                               "optimizer steps as the plain fine-tuning (its epochs x labels / "
+                                               "(labels + pseudo-labels), rounded, at least 1)")
 
 
 @dataclass

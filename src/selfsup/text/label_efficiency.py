@@ -106,7 +106,8 @@ def measure(cfg, tasks: list[str], fractions: list[float], seeds: list[int], max
                         out = Path(scratch) / init
                         train_pretrained_or_scratch(task, init, run_cfg, run_loop, cfg.pretrain.model, data_dir,
                                                     spec.labels, Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir),
-                                                    Path(cfg.pretrain.out_dir), out)
+                                                    Path(cfg.pretrain.out_dir), out,
+                                                    classical=cfg.finetune.classical)
                         logits = predict_logits(load_classifier(out), tokenizer, test_texts, task_cfg.max_length,
                                                 torch.device("cpu"), chunk_words=task_cfg.chunk_words,
                                                 max_chunks=task_cfg.max_chunks)

@@ -1,15 +1,18 @@
 """Semi-supervised fine-tuning by self-training, read top to bottom: unlabeled in-domain texts used a second way,
-after masked-language-model pretraining (Yarowsky 1995; Xie et al. 2020 without the noise).
+after masked-language-model pretraining (Yarowsky 1995; Xie et al. 2020 without the noise; with the classical
+labeler, co-training's second view: Blum & Mitchell 1998).
 
-    1. teacher    fine-tune the pretrained encoder on the labels (``finetune``)
+    1. plain      fine-tune the pretrained encoder on the labels (``finetune``)
     2. pool       the corpus documents of ``sources`` (e.g. tweets), minus every text of this task's labelled
                   splits (train, validation, test; the corpus already holds no test text of any task, which the
                   validate stage checks), a seeded sample of ``max_pool``
-    3. pseudo     the teacher classifies the pool; a text keeps its predicted label when the top probability is
-                  >= ``confidence``, at most ``max_per_class`` per class, the most confident first
+    3. pseudo     the labeler classifies the pool: ``model``, the plain model of step 1 (a text keeps its label when
+                  the top probability is >= ``confidence``), or ``classical``, TF-IDF + a linear model fitted on the
+                  same labels (kept when its top decision score leads the runner-up by more than ``min_margin``);
+                  at most ``max_per_class`` per class, the most confident first
     4. student    fine-tune the pretrained encoder again, from the same start, on labels + pseudo-labels
                   (validation on the real labels only)
-    5. choose     the student replaces the teacher only if its validation macro-F1 is higher
+    5. choose     the student replaces the plain model only if its validation macro-F1 is higher
 
 The from-scratch and classical arms never see unlabeled data: they show what the labels alone give.
 """
@@ -19,13 +22,13 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from selfsup.config import FinetuneTaskConfig, ModelConfig, SelfTrainingConfig, TrainLoopConfig
+from selfsup.config import ClassicalConfig, FinetuneTaskConfig, ModelConfig, SelfTrainingConfig, TrainLoopConfig
 from selfsup.fileio import replace_dir
 
 
@@ -63,37 +66,70 @@ def select_pseudo_labels(probabilities: np.ndarray, texts: list[str], labels: li
     predicted as it with top probability >= ``confidence``, most confident first, at most ``max_per_class``."""
     if probabilities.shape != (len(texts), len(labels)):
         raise ValueError(f"probabilities must be [{len(texts)}, {len(labels)}], got {probabilities.shape}")
-    predicted, top = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    top = probabilities.max(axis=1)
+    return select_confident(probabilities.argmax(axis=1), top, top >= confidence, texts, labels, max_per_class)
+
+
+def select_by_margin(scores: np.ndarray, texts: list[str], labels: list[str], min_margin: float,
+                     max_per_class: int) -> PseudoLabels:
+    """Pseudo-labels from a linear model's decision scores ``[N, n_labels]`` (any scale): a text keeps its
+    top-scoring label when that score leads the runner-up by more than ``min_margin``; per class the largest leads
+    first, at most ``max_per_class``."""
+    if scores.shape != (len(texts), len(labels)) or len(labels) < 2:
+        raise ValueError(f"scores must be [{len(texts)}, {len(labels)}] with >= 2 labels, got {scores.shape}")
+    ranked = np.sort(scores, axis=1)
+    margin = ranked[:, -1] - ranked[:, -2]  # [N]
+    return select_confident(scores.argmax(axis=1), margin, margin > min_margin, texts, labels, max_per_class)
+
+
+def select_confident(predicted: np.ndarray, strength: np.ndarray, passes: np.ndarray, texts: list[str],
+                     labels: list[str], max_per_class: int) -> PseudoLabels:
+    """Per class, the texts ``predicted`` ([N] label indices) as it that ``pass`` ([N] bool), the largest
+    ``strength`` ([N]) first, at most ``max_per_class``; returned in pool order."""
     chosen: list[int] = []
     per_class = {}
     for index, label in enumerate(labels):
-        members = np.flatnonzero((predicted == index) & (top >= confidence))
-        members = members[np.argsort(-top[members], kind="stable")][:max_per_class]
+        members = np.flatnonzero((predicted == index) & passes)
+        members = members[np.argsort(-strength[members], kind="stable")][:max_per_class]
         per_class[label] = len(members)
         chosen += members.tolist()
     chosen.sort()
     return PseudoLabels([texts[i] for i in chosen], [labels[predicted[i]] for i in chosen], len(texts), per_class)
 
 
+def classical_scores(pipeline, texts: list[str], labels: list[str]) -> np.ndarray:
+    """The fitted classical pipeline's decision scores for ``texts``, columns in ``labels`` order: ``[N, n_labels]``
+    (a label the pipeline never saw scores -inf; a two-class model's one score becomes (-s, s))."""
+    raw = np.asarray(pipeline.decision_function(texts), dtype=np.float64)
+    known = list(pipeline.classes_)
+    if raw.ndim == 1:  # binary: the score of classes_[1]
+        raw = np.stack([-raw, raw], axis=1)
+    scores = np.full((len(texts), len(labels)), -np.inf)
+    for column, label in enumerate(labels):
+        if label in known:
+            scores[:, column] = raw[:, known.index(label)]
+    return scores
+
+
 def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop: TrainLoopConfig,
                model_cfg: ModelConfig, data_dir: Path, labels: list[str], corpus_path: Path, tokenizer_dir: Path,
                pretrained_dir: Path, out_dir: Path, tracker=None, teacher_copy: Path | None = None,
-               student_cfg: Callable[[int], FinetuneTaskConfig] | None = None):
-    """Teacher, pseudo-labels, student, choice (the module docstring); the chosen model goes to ``out_dir`` with a
-    ``self_training.json`` report. Returns the chosen model's ``FinetuneResult`` and the report.
-    ``teacher_copy``: also keep the teacher there (benchmarks compare it with the student on test).
-    ``student_cfg(examples)``: the student's settings for its number of training examples (labels + pseudo-labels),
-    e.g. fewer epochs for the same optimizer steps as the teacher; default: the teacher's settings."""
+               student_cfg: Callable[[int], FinetuneTaskConfig] | None = None,
+               classical: ClassicalConfig | None = None):
+    """Plain model ("teacher"), pseudo-labels, student, choice (the module docstring); the chosen model goes to
+    ``out_dir`` with a ``self_training.json`` report. Returns the chosen model's ``FinetuneResult`` and the report.
+    ``classical``: the classical grid, required with ``st.labeler == "classical"``.
+    ``teacher_copy``: also keep the plain model there (benchmarks compare it with the student on test).
+    ``student_cfg(examples)``: the student's settings for its number of training examples (labels + pseudo-labels);
+    default: the teacher's settings with ``st.student_epochs`` epochs, or the teacher's optimizer steps where that
+    is 0 (``student_epochs``)."""
     import shutil
-
-    import torch
 
     from selfsup.text.data import read_corpus, read_labelled
     from selfsup.text.finetune import finetune
-    from selfsup.text.model import load_classifier, predict_logits
-    from selfsup.text.tokenizer import load_tokenizer
-    from selfsup.runtime import setup
 
+    if st.labeler == "classical" and classical is None:
+        raise ValueError("self_training.labeler 'classical' needs the classical grid (finetune.classical)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-self-training-") as work:
         work = Path(work)
@@ -103,20 +139,23 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
         pool = unlabeled_pool(read_corpus(corpus_path), st.sources, labelled, st.max_pool, loop.seed)
         teacher = finetune(task, "pretrained", cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir,
                            work / "teacher", tracker)
-        device = setup(loop)
-        logits = predict_logits(load_classifier(work / "teacher").to(device), load_tokenizer(work / "teacher"), pool,
-                                cfg.max_length, device, loop.precision, chunk_words=cfg.chunk_words,
-                                max_chunks=cfg.max_chunks)
-        pseudo = select_pseudo_labels(torch.softmax(logits, dim=-1).numpy(), pool, labels, st.confidence,
-                                      st.max_per_class)
+        if st.labeler == "classical":
+            pseudo = _classical_pseudo_labels(st, classical, cfg, loop, data_dir, labels, pool)
+        else:
+            pseudo = _model_pseudo_labels(st, cfg, loop, work / "teacher", labels, pool)
 
         # the student sees the teacher's (capped) labels plus the pseudo-labels
-        student_settings = student_cfg(teacher.train_examples + len(pseudo.texts)) if student_cfg else cfg
+        examples = teacher.train_examples + len(pseudo.texts)
+        if student_cfg is not None:
+            student_settings = student_cfg(examples)
+        else:
+            student_settings = replace(cfg, epochs=st.student_epochs or student_epochs(cfg.epochs,
+                                                                                      teacher.train_examples, examples))
         student = finetune(task, "pretrained", student_settings, loop, model_cfg, data_dir, labels, tokenizer_dir,
                            pretrained_dir, work / "student", tracker, extra=(pseudo.texts, pseudo.labels))
         chosen = "student" if student.val_macro_f1 > teacher.val_macro_f1 else "teacher"
         report = {"chosen": chosen, "teacher_val_macro_f1": teacher.val_macro_f1,
-                  "student_val_macro_f1": student.val_macro_f1, "pool": pseudo.pool_size,
+                  "student_val_macro_f1": student.val_macro_f1, "labeler": st.labeler, "pool": pseudo.pool_size,
                   "pseudo_labels": len(pseudo.texts), "pseudo_per_class": pseudo.per_class,
                   "teacher_epochs": cfg.epochs, "student_epochs": student_settings.epochs, "settings": asdict(st)}
         if teacher_copy is not None:
@@ -126,16 +165,53 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
     return (student if chosen == "student" else teacher), report
 
 
+def student_epochs(epochs: int, labelled: int, examples: int) -> int:
+    """Epochs over ``examples`` (labels + pseudo-labels) for about the optimizer steps of ``epochs`` over
+    ``labelled``: the student costs what the plain fine-tuning costs."""
+    return max(1, round(epochs * labelled / max(examples, 1)))
+
+
+def _model_pseudo_labels(st: SelfTrainingConfig, cfg: FinetuneTaskConfig, loop: TrainLoopConfig, model_dir: Path,
+                         labels: list[str], pool: list[str]) -> PseudoLabels:
+    """The fine-tuned model in ``model_dir`` labels the pool; confident predictions become pseudo-labels."""
+    import torch
+
+    from selfsup.runtime import setup
+    from selfsup.text.model import load_classifier, predict_logits
+    from selfsup.text.tokenizer import load_tokenizer
+
+    device = setup(loop)
+    logits = predict_logits(load_classifier(model_dir).to(device), load_tokenizer(model_dir), pool, cfg.max_length,
+                            device, loop.precision, chunk_words=cfg.chunk_words, max_chunks=cfg.max_chunks)
+    return select_pseudo_labels(torch.softmax(logits, dim=-1).numpy(), pool, labels, st.confidence,
+                                st.max_per_class)
+
+
+def _classical_pseudo_labels(st: SelfTrainingConfig, classical: ClassicalConfig, cfg: FinetuneTaskConfig,
+                             loop: TrainLoopConfig, data_dir: Path, labels: list[str], pool: list[str]) -> PseudoLabels:
+    """TF-IDF + linear model fitted (grid chosen on validation) on exactly the student's labels (same cap, same
+    seed as ``finetune``) labels the pool; predictions with a clear lead become pseudo-labels."""
+    from selfsup.text.classical import fit_classical
+    from selfsup.text.data import cap_stratified, read_labelled
+
+    texts, gold = read_labelled(data_dir / "train.csv")
+    texts, gold = cap_stratified(texts, gold, cfg.max_train_examples, loop.seed)
+    pipeline, _ = fit_classical(texts, gold, *read_labelled(data_dir / "validation.csv"), classical, loop.seed)
+    return select_by_margin(classical_scores(pipeline, pool, labels), pool, labels, st.min_margin, st.max_per_class)
+
+
 def train_pretrained_or_scratch(task: str, init: str, task_cfg: FinetuneTaskConfig, loop: TrainLoopConfig,
                                 model_cfg: ModelConfig, data_dir: Path, labels: list[str], corpus_path: Path,
-                                tokenizer_dir: Path, pretrained_dir: Path, out_dir: Path, tracker=None):
+                                tokenizer_dir: Path, pretrained_dir: Path, out_dir: Path, tracker=None,
+                                classical: ClassicalConfig | None = None):
     """The pipeline's recipe for one neural arm: the pretrained arm self-trained where ``task_cfg.self_training``
     enables it, otherwise plain ``finetune``. Returns ``(FinetuneResult, self-training report or None)``; used by the
-    finetune stage and the label-efficiency grid, so both train the same way."""
+    finetune stage and the label-efficiency grid, so both train the same way. ``classical``: the classical grid
+    (``finetune.classical``), for the classical labeler."""
     from selfsup.text.finetune import finetune
 
     if init == "pretrained" and task_cfg.self_training.enabled:
         return self_train(task, task_cfg, task_cfg.self_training, loop, model_cfg, data_dir, labels, corpus_path,
-                          tokenizer_dir, pretrained_dir, out_dir, tracker)
+                          tokenizer_dir, pretrained_dir, out_dir, tracker, classical=classical)
     return finetune(task, init, task_cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir, out_dir,
                     tracker), None

@@ -131,7 +131,7 @@ def finetune_stage(cfg: Config, params_file: Path, task: str) -> dict:
             result, report = train_pretrained_or_scratch(
                 task, init, task_cfg, cfg.finetune.loop, cfg.pretrain.model, Path(spec.dir), spec.labels,
                 Path(cfg.data.corpus), Path(cfg.tokenizer.out_dir), Path(cfg.pretrain.out_dir),
-                Path(task_cfg.out_dir) / task / init, tracker)
+                Path(task_cfg.out_dir) / task / init, tracker, classical=cfg.finetune.classical)
             if report is not None:
                 summary["self_training"] = {k: v for k, v in report.items() if k != "settings"}
             summary[init] = {"val_accuracy": result.val_accuracy, "val_macro_f1": result.val_macro_f1,
