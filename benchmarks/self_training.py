@@ -8,8 +8,9 @@ Needs the pipeline's tokenizer and pretrained encoder (``make run``); writes not
 
 (overrides go first: --seeds takes every number after it)
 
-Self-training settings come from ``finetune.tasks.<task>.self_training`` (overrides welcome, e.g.
-``finetune.tasks.intent.self_training.confidence=0.8``); it is switched on here whatever ``enabled`` says.
+Self-training settings come from ``finetune.tasks.<task>.self_training``, the labeler included (intent: the
+classical arm; overrides welcome, e.g. ``finetune.tasks.intent.self_training.labeler=model``); it is switched on
+here whatever ``enabled`` says.
 ``--fraction F``: the teacher learns from that share of the training labels (a stratified sample per seed) with the
 label-efficiency grid's step budget (``selfsup.text.label_efficiency.share_settings``), and the student gets the same
 number of optimizer steps over labels + pseudo-labels; without it, both train the committed epochs.
