@@ -221,8 +221,8 @@ class SelfTrainingConfig:
     max_per_class: int = option(500, ge=1, help="most pseudo-labels kept per class, the most confident first "
                                                "(so the majority class cannot flood the student)")
     student_epochs: int = option(0, ge=0, help="the student's passes over labels + pseudo-labels; 0: as many "
-                                               "optimizer steps as the plain fine-tuning (its epochs x labels / "
-                                               "(labels + pseudo-labels), rounded, at least 1)")
+                                               "optimizer steps as the plain fine-tuning (its epochs x its batches / "
+                                               "the student's batches per epoch, rounded, at least 1)")
 
 
 @dataclass

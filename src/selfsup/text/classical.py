@@ -99,16 +99,21 @@ def fit_classical(texts: list[str], labels: list[str], val_texts: list[str], val
     return pipeline, result
 
 
-def train_classical(cfg: ClassicalConfig, data_dir: Path, max_train_examples: int, seed: int,
-                    out_dir: Path) -> ClassicalResult:
-    """Fit the grid on ``data_dir/train.csv`` (capped like the neural arms: same seed, same examples), choose on
-    ``validation.csv`` and save ``model.joblib`` + ``training.json`` to ``out_dir`` atomically."""
-    import joblib
-
+def fit_on_splits(cfg: ClassicalConfig, data_dir: Path, max_train_examples: int, seed: int):
+    """``fit_classical`` on ``data_dir/train.csv`` (capped like the neural arms: same seed, same examples), chosen on
+    ``validation.csv``. Returns ``(pipeline, result)``."""
     texts, labels = read_labelled(data_dir / "train.csv")
     texts, labels = cap_stratified(texts, labels, max_train_examples, seed)
     val_texts, val_labels = read_labelled(data_dir / "validation.csv")
-    pipeline, result = fit_classical(texts, labels, val_texts, val_labels, cfg, seed)
+    return fit_classical(texts, labels, val_texts, val_labels, cfg, seed)
+
+
+def train_classical(cfg: ClassicalConfig, data_dir: Path, max_train_examples: int, seed: int,
+                    out_dir: Path) -> ClassicalResult:
+    """``fit_on_splits``, then save ``model.joblib`` + ``training.json`` to ``out_dir`` atomically."""
+    import joblib
+
+    pipeline, result = fit_on_splits(cfg, data_dir, max_train_examples, seed)
     staging = staging_dir(out_dir)
     joblib.dump(pipeline, staging / MODEL_FILE)
     (staging / "training.json").write_text(json.dumps(asdict(result), indent=1))

@@ -13,6 +13,7 @@ weights, so the two results differ only by what pretraining learned.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,15 @@ class FinetuneResult:
     train_pieces: int = 0  # training sequences: train_examples, or their pieces when chunk_words > 0
     history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss
     epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, val_accuracy, val_macro_f1, val_loss
+
+
+def run_epochs(full_examples: int, examples: int, batch_size: int, epochs: int, max_steps: int) -> int:
+    """Epochs for a run on ``examples`` so that it gets the committed setting's optimizer steps (``epochs`` passes
+    over ``full_examples``), at most ``max_steps`` (0: no cap) and at least one epoch."""
+    budget = epochs * math.ceil(full_examples / batch_size)
+    if max_steps:
+        budget = min(budget, max_steps)
+    return max(1, round(budget / math.ceil(examples / batch_size)))
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:

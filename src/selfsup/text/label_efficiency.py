@@ -27,15 +27,7 @@ from typing import Callable
 import numpy as np
 
 from selfsup.text.evaluate import ARMS  # pretrained, scratch, classical
-
-
-def run_epochs(full_examples: int, examples: int, batch_size: int, epochs: int, max_steps: int) -> int:
-    """Epochs for a run on ``examples`` so that it gets the committed setting's optimizer steps (``epochs`` passes
-    over ``full_examples``), at most ``max_steps`` (0: no cap) and at least one epoch."""
-    budget = epochs * math.ceil(full_examples / batch_size)
-    if max_steps:
-        budget = min(budget, max_steps)
-    return max(1, round(budget / math.ceil(examples / batch_size)))
+from selfsup.text.finetune import run_epochs
 
 
 VALIDATIONS_PER_RUN = 20  # the committed settings validate 2-10 times per run; 20 points find the best epoch as well

@@ -122,11 +122,11 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
     ``teacher_copy``: also keep the plain model there (benchmarks compare it with the student on test).
     ``student_cfg(examples)``: the student's settings for its number of training examples (labels + pseudo-labels);
     default: the teacher's settings with ``st.student_epochs`` epochs, or the teacher's optimizer steps where that
-    is 0 (``student_epochs``)."""
+    is 0 (``finetune.run_epochs``)."""
     import shutil
 
     from selfsup.text.data import read_corpus, read_labelled
-    from selfsup.text.finetune import finetune
+    from selfsup.text.finetune import finetune, run_epochs
 
     if st.labeler == "classical" and classical is None:
         raise ValueError("self_training.labeler 'classical' needs the classical grid (finetune.classical)")
@@ -149,8 +149,8 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
         if student_cfg is not None:
             student_settings = student_cfg(examples)
         else:
-            student_settings = replace(cfg, epochs=st.student_epochs or student_epochs(cfg.epochs,
-                                                                                      teacher.train_examples, examples))
+            student_settings = replace(cfg, epochs=st.student_epochs or run_epochs(
+                teacher.train_examples, examples, cfg.batch_size, cfg.epochs, max_steps=0))
         student = finetune(task, "pretrained", student_settings, loop, model_cfg, data_dir, labels, tokenizer_dir,
                            pretrained_dir, work / "student", tracker, extra=(pseudo.texts, pseudo.labels))
         chosen = "student" if student.val_macro_f1 > teacher.val_macro_f1 else "teacher"
@@ -163,12 +163,6 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
         (work / chosen / "self_training.json").write_text(json.dumps(report, indent=1))
         replace_dir(work / chosen, out_dir)
     return (student if chosen == "student" else teacher), report
-
-
-def student_epochs(epochs: int, labelled: int, examples: int) -> int:
-    """Epochs over ``examples`` (labels + pseudo-labels) for about the optimizer steps of ``epochs`` over
-    ``labelled``: the student costs what the plain fine-tuning costs."""
-    return max(1, round(epochs * labelled / max(examples, 1)))
 
 
 def _model_pseudo_labels(st: SelfTrainingConfig, cfg: FinetuneTaskConfig, loop: TrainLoopConfig, model_dir: Path,
@@ -191,12 +185,9 @@ def _classical_pseudo_labels(st: SelfTrainingConfig, classical: ClassicalConfig,
                              loop: TrainLoopConfig, data_dir: Path, labels: list[str], pool: list[str]) -> PseudoLabels:
     """TF-IDF + linear model fitted (grid chosen on validation) on exactly the student's labels (same cap, same
     seed as ``finetune``) labels the pool; predictions with a clear lead become pseudo-labels."""
-    from selfsup.text.classical import fit_classical
-    from selfsup.text.data import cap_stratified, read_labelled
+    from selfsup.text.classical import fit_on_splits
 
-    texts, gold = read_labelled(data_dir / "train.csv")
-    texts, gold = cap_stratified(texts, gold, cfg.max_train_examples, loop.seed)
-    pipeline, _ = fit_classical(texts, gold, *read_labelled(data_dir / "validation.csv"), classical, loop.seed)
+    pipeline, _ = fit_on_splits(classical, data_dir, cfg.max_train_examples, loop.seed)
     return select_by_margin(classical_scores(pipeline, pool, labels), pool, labels, st.min_margin, st.max_per_class)
 
 
