@@ -57,7 +57,8 @@ def test_three_arms_train_on_a_share_of_the_labels(fixture_data, tiny_config, ti
     shutil.copytree(fixture_data / "intent", tmp_path / "intent")
     cfg = load_config(REPO_ROOT / "params.yaml", [
         "preset=tiny", "tracking.enabled=false", "finetune.loop.progress=false", "finetune.loop.threads=1",
-        f"data.tasks.intent.dir={tmp_path / 'intent'}", f"tokenizer.out_dir={tiny_tokenizer_dir}",
+        f"data.tasks.intent.dir={tmp_path / 'intent'}", f"data.corpus={fixture_data / 'corpus/unlabeled.jsonl'}",
+        f"tokenizer.out_dir={tiny_tokenizer_dir}",
         f"pretrain.out_dir={tmp_path / 'mlm'}", "finetune.tasks.intent.max_train_examples=0"])
     evaluated = {"intent": {arm: {"accuracy": 0.5, "macro_f1": 0.4} for arm in ARMS}}
     rows = measure(cfg, ["intent"], [0.5, 1.0], [cfg.finetune.loop.seed, 7], 4, evaluated, log=lambda _: None)
