@@ -8,9 +8,10 @@ Needs the pipeline's tokenizer and pretrained encoder (``make run``); writes not
 
 (overrides go first: --seeds takes every number after it)
 
-Self-training settings come from ``finetune.tasks.<task>.self_training``, the labeler included (intent: the
-classical arm; overrides welcome, e.g. ``finetune.tasks.intent.self_training.labeler=model``); it is switched on
-here whatever ``enabled`` says.
+Self-training settings come from ``finetune.tasks.<task>.self_training``, the labeler and the pool included
+(intent: the classical arm on unlabeled corpus tweets; sentiment: the classical arm on the training tweets beyond the
+6,000-label cap, labels ignored; overrides welcome, e.g. ``finetune.tasks.intent.self_training.labeler=model``); it
+is switched on here whatever ``enabled`` says.
 ``--fraction F``: the teacher learns from that share of the training labels (a stratified sample per seed) with the
 label-efficiency grid's step budget (``selfsup.text.label_efficiency.share_settings``), and the student gets the same
 number of optimizer steps over labels + pseudo-labels; without it, both train the committed epochs.

@@ -55,6 +55,9 @@ LOAD_TIME = [
      "vision.pretrain.batch_size: must be <= data.max_pretrain_images (100): a batch larger than the data, got 128"),
     ("retrieval.simcse.max_texts=32",
      "retrieval.simcse.batch_size: must be <= max_texts (32): a batch larger than the data, got 64"),
+    # an unlabeled pool of capped-away training texts, with no cap
+    ("finetune.tasks.sentiment.max_train_examples=0",
+     "finetune.tasks.sentiment.self_training.pool: 'train_beyond_cap' needs max_train_examples > 0"),
 ]
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from selfsup.config import SelfTrainingConfig
 from selfsup.text.data import read_labelled
-from selfsup.text.self_training import (classical_scores, select_by_margin, select_pseudo_labels, self_train,
-                                        unlabeled_pool)
+from selfsup.text.data import cap_stratified
+from selfsup.text.self_training import (beyond_cap_pool, classical_scores, select_by_margin, select_pseudo_labels,
+                                        self_train, unlabeled_pool)
 
 
 def test_pool_leaves_out_every_labelled_text_up_to_case_and_spacing():
@@ -25,6 +26,21 @@ def test_pool_leaves_out_every_labelled_text_up_to_case_and_spacing():
     # the sentiment task's case: every tweet of the corpus is one of its labelled texts
     with pytest.raises(ValueError, match=r"\['tweets'\]: no unlabeled text is left"):
         unlabeled_pool(corpus, ["tweets"], [text for _, text in corpus], 10, 0)
+
+
+def test_beyond_cap_pool_is_the_training_texts_the_cap_leaves_out_minus_labelled_ones():
+    texts = [f"tweet {i}" for i in range(12)] + ["TWEET 3", "a validation tweet", "tweet 11"]
+    labels = ["neg", "pos", "neu"] * 5
+    kept, _ = cap_stratified(texts, labels, 6, seed=3)  # what the fine-tuning trains on
+    pool = beyond_cap_pool(texts, labels, 6, ["A validation  tweet", "a test tweet"], max_pool=100, seed=3)
+    keys = {t.lower() for t in kept}
+    assert all(t.lower() not in keys for t in pool)  # no kept label comes back unlabeled, up to case
+    assert "a validation tweet" not in pool and len(pool) == len({t.lower() for t in pool})  # held out, no repeats
+    assert set(pool) | {t for t in texts if t.lower() in keys} >= set(texts) - {"a validation tweet", "TWEET 3",
+                                                                                  "tweet 11"}
+    assert len(beyond_cap_pool(texts, labels, 6, [], max_pool=2, seed=3)) == 2  # a seeded sample
+    with pytest.raises(ValueError, match=r"max_train_examples \(15\) keeps every one of the 15 training texts"):
+        beyond_cap_pool(texts, labels, 15, [], 100, 0)
 
 
 def test_pseudo_labels_respect_the_threshold_and_the_per_class_cap():
@@ -75,16 +91,21 @@ def test_classical_scores_follow_the_task_label_order():
     assert np.allclose(two[:, 0], -two[:, 1])
 
 
-@pytest.mark.parametrize("labeler", ["model", "classical"])
-def test_self_training_loop_on_a_tiny_model(labeler, fixture_data, tiny_config, tiny_tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("labeler, pool", [("model", "corpus"), ("classical", "corpus"),
+                                           ("classical", "train_beyond_cap")])
+def test_self_training_loop_on_a_tiny_model(labeler, pool, fixture_data, tiny_config, tiny_tokenizer_dir, tmp_path):
     from selfsup.text.pretrain_mlm import pretrain_mlm
 
     pretrain_mlm(dataclasses.replace(tiny_config.pretrain, out_dir=tmp_path / "mlm"),
                  fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "ckpt")
-    task_cfg = dataclasses.replace(tiny_config.finetune.tasks["intent"], epochs=2, learning_rate=0.01)
+    train_texts, train_labels = read_labelled(fixture_data / "intent/train.csv")
+    # train_beyond_cap: the student's labels are half of the 48 training texts, the other half is the pool
+    cap = len(train_texts) // 2 if pool == "train_beyond_cap" else 0
+    task_cfg = dataclasses.replace(tiny_config.finetune.tasks["intent"], epochs=2, learning_rate=0.01,
+                                   max_train_examples=cap)
     # confidence / margin 0: every pool text gets a pseudo-label (capped per class), so the student trains on some
-    st = SelfTrainingConfig(enabled=True, labeler=labeler, sources=["tweets"], max_pool=40, confidence=0.0,
-                            min_margin=0.0, max_per_class=5)
+    st = SelfTrainingConfig(enabled=True, labeler=labeler, pool=pool, sources=["tweets"], max_pool=40,
+                            confidence=0.0, min_margin=0.0, max_per_class=5)
     out = tmp_path / "out" / "pretrained"
     asked = []
 
@@ -96,13 +117,16 @@ def test_self_training_loop_on_a_tiny_model(labeler, fixture_data, tiny_config, 
                                 fixture_data / "intent", tiny_config.data.tasks["intent"].labels,
                                 fixture_data / "corpus/unlabeled.jsonl", tiny_tokenizer_dir, tmp_path / "mlm", out,
                                 student_cfg=student_cfg, classical=tiny_config.finetune.classical)
-    train_labels = len(read_labelled(fixture_data / "intent/train.csv")[0])
-    assert asked == [train_labels + report["pseudo_labels"]]  # the student's examples: labels + pseudo-labels
+    labelled = cap or len(train_texts)
+    assert asked == [labelled + report["pseudo_labels"]]  # the student's examples: labels + pseudo-labels
     assert (report["teacher_epochs"], report["student_epochs"]) == (2, 1) and report["labeler"] == labeler
     saved = json.loads((out / "self_training.json").read_text())
     assert saved["chosen"] == report["chosen"] in ("teacher", "student")
     assert 0 < report["pseudo_labels"] <= 5 * 8 and report["pseudo_labels"] == sum(report["pseudo_per_class"].values())
-    assert report["pool"] <= 40
+    if pool == "train_beyond_cap":
+        assert report["pool"] == len(train_texts) - cap
+    else:
+        assert 0 < report["pool"] <= 40
     best = max(report["teacher_val_macro_f1"], report["student_val_macro_f1"])
     assert result.val_macro_f1 == best  # the better one on validation is kept
     assert (out / "model.safetensors").exists()

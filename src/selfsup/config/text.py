@@ -211,8 +211,12 @@ class SelfTrainingConfig:
                                "(self-training; a pseudo-label needs `confidence`), or 'classical', a TF-IDF + linear "
                                "model (finetune.classical's grid) fitted on the same labels, a second view of the "
                                "text (co-training; a pseudo-label needs `min_margin`)")
+    pool: str = option("corpus", choices=("corpus", "train_beyond_cap"),
+                       help="where the unlabeled texts come from: 'corpus', the corpus documents of `sources`; "
+                            "'train_beyond_cap', the task's training texts that max_train_examples leaves out, "
+                            "their labels ignored (a task with more labelled texts than the budget trains on)")
     sources: list[str] = option(default_factory=lambda: ["tweets"], min_items=1, unique=True,
-                                help="corpus sources whose documents form the unlabeled pool")
+                                help="pool 'corpus': corpus sources whose documents form the unlabeled pool")
     max_pool: int = option(20000, ge=1, help="unlabeled texts the labeler classifies (a seeded sample of the pool)")
     confidence: float = option(0.9, gt=0, le=1, help="labeler 'model': a pseudo-label needs at least this top "
                                                      "probability")
@@ -257,6 +261,10 @@ class FinetuneTaskConfig:
         _check(not self.max_train_examples or self.batch_size <= self.max_train_examples, f"{path}.batch_size",
                f"must be <= max_train_examples ({self.max_train_examples}): a batch larger than the data, "
                f"got {self.batch_size}")
+        st = self.self_training
+        _check(not (st.enabled and st.pool == "train_beyond_cap") or self.max_train_examples > 0,
+               f"{path}.self_training.pool", "'train_beyond_cap' needs max_train_examples > 0: with no cap every "
+                                             "training text is a label and none is left unlabeled")
 
 
 CLASSICAL_FEATURES = ("word", "char", "word+char")

@@ -3,9 +3,11 @@ after masked-language-model pretraining (Yarowsky 1995; Xie et al. 2020 without 
 labeler, co-training's second view: Blum & Mitchell 1998).
 
     1. plain      fine-tune the pretrained encoder on the labels (``finetune``)
-    2. pool       the corpus documents of ``sources`` (e.g. tweets), minus every text of this task's labelled
-                  splits (train, validation, test; the corpus already holds no test text of any task, which the
-                  validate stage checks), a seeded sample of ``max_pool``
+    2. pool       ``pool: corpus``: the corpus documents of ``sources`` (e.g. tweets), minus every text of this
+                  task's labelled splits (train, validation, test; the corpus already holds no test text of any
+                  task, which the validate stage checks); ``pool: train_beyond_cap``: the training texts that
+                  ``max_train_examples`` leaves out, labels ignored, minus the kept training, validation and test
+                  texts; either way a seeded sample of ``max_pool``
     3. pseudo     the labeler classifies the pool: ``model``, the plain model of step 1 (a text keeps its label when
                   the top probability is >= ``confidence``), or ``classical``, TF-IDF + a linear model fitted on the
                   same labels (kept when its top decision score leads the runner-up by more than ``min_margin``);
@@ -53,11 +55,41 @@ def unlabeled_pool(corpus: list[tuple[str, str]], sources: list[str], labelled_t
     pool = [text for source, text in corpus if source in sources and dedup_key(text) not in labelled]
     if not pool:  # e.g. sentiment: every corpus tweet is one of its labelled tweets
         raise ValueError(f"self_training.sources {sorted(sources)}: no unlabeled text is left, every one of their "
-                         f"corpus texts is a labelled text of this task; name other sources or leave self-training off")
-    if len(pool) > max_pool:
-        keep = sorted(random.Random(seed).sample(range(len(pool)), max_pool))
-        pool = [pool[i] for i in keep]
-    return pool
+                         f"corpus texts is a labelled text of this task; use pool 'train_beyond_cap' if the task "
+                         f"caps its training labels, name other sources, or leave self-training off")
+    return _sample(pool, max_pool, seed)
+
+
+def beyond_cap_pool(train_texts: list[str], train_labels: list[str], max_train_examples: int,
+                    held_out_texts: list[str], max_pool: int, seed: int) -> list[str]:
+    """The training texts that the stratified cap (``cap_stratified`` with the fine-tuning's ``max_train_examples``
+    and seed) leaves out, as unlabeled texts: their labels are never returned. Texts equal, up to case and spacing,
+    to a kept training text or a ``held_out_texts`` one (validation, test) are dropped, repeats kept once; a seeded
+    sample of at most ``max_pool``, in file order."""
+    from selfsup.datasets.clean import dedup_key
+    from selfsup.text.data import cap_stratified
+
+    kept, _ = cap_stratified(train_texts, train_labels, max_train_examples, seed)
+    seen = {dedup_key(text) for text in [*kept, *held_out_texts]}
+    pool = []
+    for text in train_texts:
+        key = dedup_key(text)
+        if key not in seen:
+            seen.add(key)
+            pool.append(text)
+    if not pool:
+        raise ValueError(f"self_training.pool 'train_beyond_cap': max_train_examples ({max_train_examples}) keeps "
+                         f"every one of the {len(train_texts)} training texts (or the rest repeat labelled ones), "
+                         f"so none is left unlabeled; lower the cap or use pool 'corpus'")
+    return _sample(pool, max_pool, seed)
+
+
+def _sample(pool: list[str], max_pool: int, seed: int) -> list[str]:
+    """A seeded sample of at most ``max_pool`` texts, in pool order."""
+    if len(pool) <= max_pool:
+        return pool
+    keep = sorted(random.Random(seed).sample(range(len(pool)), max_pool))
+    return [pool[i] for i in keep]
 
 
 def select_pseudo_labels(probabilities: np.ndarray, texts: list[str], labels: list[str], confidence: float,
@@ -134,9 +166,14 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-self-training-") as work:
         work = Path(work)
         # the pool first: settings that leave it empty fail before any training
-        labelled = [text for split in ("train", "validation", "test") for text in read_labelled(data_dir /
-                                                                                               f"{split}.csv")[0]]
-        pool = unlabeled_pool(read_corpus(corpus_path), st.sources, labelled, st.max_pool, loop.seed)
+        train_texts, train_labels = read_labelled(data_dir / "train.csv")
+        held_out = [text for split in ("validation", "test") for text in read_labelled(data_dir / f"{split}.csv")[0]]
+        if st.pool == "train_beyond_cap":
+            pool = beyond_cap_pool(train_texts, train_labels, cfg.max_train_examples, held_out, st.max_pool,
+                                   loop.seed)
+        else:
+            pool = unlabeled_pool(read_corpus(corpus_path), st.sources, train_texts + held_out, st.max_pool,
+                                  loop.seed)
         teacher = finetune(task, "pretrained", cfg, loop, model_cfg, data_dir, labels, tokenizer_dir, pretrained_dir,
                            work / "teacher", tracker)
         if st.labeler == "classical":
