@@ -11,8 +11,8 @@ import pytest
 from selfsup.config import SelfTrainingConfig
 from selfsup.text.data import read_labelled
 from selfsup.text.data import cap_stratified
-from selfsup.text.self_training import (beyond_cap_pool, classical_scores, select_by_margin, select_pseudo_labels,
-                                        self_train, unlabeled_pool)
+from selfsup.text.self_training import (beyond_cap_pool, classical_scores, default_student_settings, select_by_margin,
+                                        select_pseudo_labels, self_train, unlabeled_pool)
 
 
 def test_pool_leaves_out_every_labelled_text_up_to_case_and_spacing():
@@ -89,6 +89,20 @@ def test_classical_scores_follow_the_task_label_order():
     two = classical_scores(binary, ["lost bag", "refund please"], ["refund", "baggage"])
     assert [["refund", "baggage"][i] for i in two.argmax(axis=1)] == ["baggage", "refund"]
     assert np.allclose(two[:, 0], -two[:, 1])
+
+
+def test_the_student_gets_the_teacher_steps_and_about_as_many_validations(tiny_config):
+    teacher = dataclasses.replace(tiny_config.finetune.tasks["intent"], epochs=10, batch_size=32, validate_every=1)
+    st = SelfTrainingConfig(enabled=True)
+    # the pipeline: 2,885 labels + 3,814 pseudo-labels, 10 epochs -> the same ~900 steps in 4 epochs
+    assert (default_student_settings(teacher, st, 2885, 6699).epochs,
+            default_student_settings(teacher, st, 2885, 6699).validate_every) == (4, 1)
+    assert default_student_settings(teacher, dataclasses.replace(st, student_epochs=7), 2885, 6699).epochs == 7
+    # a 1 % share: 910 one-batch epochs validated every 46 (20 validations); the student's 8 epochs over
+    # 29 labels + ~4,000 pseudo-labels validate every epoch, not only after the last
+    share = dataclasses.replace(teacher, epochs=910, validate_every=46)
+    student = default_student_settings(share, st, 29, 4029)
+    assert student.epochs == round(910 * 1 / 126) == 7 and student.validate_every == 1
 
 
 @pytest.mark.parametrize("labeler, pool", [("model", "corpus"), ("classical", "corpus"),

@@ -158,7 +158,7 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
     import shutil
 
     from selfsup.text.data import read_corpus, read_labelled
-    from selfsup.text.finetune import finetune, run_epochs
+    from selfsup.text.finetune import finetune
 
     if st.labeler == "classical" and classical is None:
         raise ValueError("self_training.labeler 'classical' needs the classical grid (finetune.classical)")
@@ -186,8 +186,7 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
         if student_cfg is not None:
             student_settings = student_cfg(examples)
         else:
-            student_settings = replace(cfg, epochs=st.student_epochs or run_epochs(
-                teacher.train_examples, examples, cfg.batch_size, cfg.epochs, max_steps=0))
+            student_settings = default_student_settings(cfg, st, teacher.train_examples, examples)
         student = finetune(task, "pretrained", student_settings, loop, model_cfg, data_dir, labels, tokenizer_dir,
                            pretrained_dir, work / "student", tracker, extra=(pseudo.texts, pseudo.labels))
         chosen = "student" if student.val_macro_f1 > teacher.val_macro_f1 else "teacher"
@@ -200,6 +199,18 @@ def self_train(task: str, cfg: FinetuneTaskConfig, st: SelfTrainingConfig, loop:
         (work / chosen / "self_training.json").write_text(json.dumps(report, indent=1))
         replace_dir(work / chosen, out_dir)
     return (student if chosen == "student" else teacher), report
+
+
+def default_student_settings(cfg: FinetuneTaskConfig, st: SelfTrainingConfig, teacher_examples: int,
+                             student_examples: int) -> FinetuneTaskConfig:
+    """The teacher's settings with ``st.student_epochs`` epochs, or, where that is 0, the teacher's optimizer steps
+    over the student's examples (``finetune.run_epochs``); validated about as often as the teacher (the
+    label-efficiency grid's many short epochs validate every N), so the student too is kept at its best epoch."""
+    from selfsup.text.finetune import run_epochs
+
+    epochs = st.student_epochs or run_epochs(teacher_examples, student_examples, cfg.batch_size, cfg.epochs,
+                                             max_steps=0)
+    return replace(cfg, epochs=epochs, validate_every=max(1, round(cfg.validate_every * epochs / cfg.epochs)))
 
 
 def _model_pseudo_labels(st: SelfTrainingConfig, cfg: FinetuneTaskConfig, loop: TrainLoopConfig, model_dir: Path,
